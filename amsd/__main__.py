@@ -1,0 +1,3 @@
+from amsd.cli import main
+
+raise SystemExit(main())
