@@ -1,0 +1,419 @@
+"""Sans-IO decoder for smart meter HAN/P1 streams.
+
+`Decoder.feed(bytes)` takes bytes as they come off the line, in any chunking, and returns typed
+events: a `Reading` per decoded message, an `UndecodedFrame` for everything else (noise, bad CRCs,
+missing or wrong keys, unknown lists), always with the raw bytes. It never raises on input and never
+reads a clock, opens a socket or logs.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Final
+
+from amsd.decoder import cipher, dsmr, gbt, hdlc, mbus, stream
+from amsd.decoder.apdu import ApduError, parse_data_notification
+from amsd.decoder.dlms import DlmsInterpreter
+from amsd.decoder.events import (
+    NO_KEY,
+    TRUNCATED,
+    WRONG_KEY,
+    Event,
+    Layer,
+    Reading,
+    UndecodedFrame,
+    Value,
+)
+from amsd.decoder.keys import parse_key
+
+__all__ = [
+    "NO_KEY",
+    "TRUNCATED",
+    "WRONG_KEY",
+    "Decoder",
+    "Event",
+    "Reading",
+    "UndecodedFrame",
+    "Value",
+    "parse_key",
+]
+
+# Noise is reported in pieces of at most this size so that a wrong baud rate cannot grow memory.
+MAX_NOISE_REPORT: Final = 1024
+MAX_NESTING: Final = 4
+
+
+class Decoder:
+    """Decode one meter's byte stream.
+
+    Keys are 16 bytes or 32 hex characters (spaces, colons and a 0x prefix are tolerated). `profile`
+    selects scaling for lists that carry no scalers (see `amsd.decoder.profiles`).
+    `dsmr_standard_offset_minutes` is the UTC offset of the meter's standard (winter) time, used with
+    the S/W flag of DSMR timestamps.
+    """
+
+    def __init__(
+        self,
+        encryption_key: bytes | str | None = None,
+        authentication_key: bytes | str | None = None,
+        *,
+        profile: str = "auto",
+        dsmr_standard_offset_minutes: int = 60,
+        require_crc: bool = False,
+    ) -> None:
+        self._encryption_key = parse_key(encryption_key, "encryption_key")
+        self._authentication_key = parse_key(authentication_key, "authentication_key")
+        self._interpreter = DlmsInterpreter(profile)
+        self._dsmr_offset = dsmr_standard_offset_minutes
+        self._require_crc = require_crc
+        self._buf = bytearray()
+        self._noise = bytearray()
+        self._reported_until = 0  # bytes before this offset were already reported with a bad frame
+        self._last_frame_end = -1  # a 0x7E right here is the previous frame's closing flag
+        self._hdlc_segments: list[bytes] = []
+        self._hdlc_raw: list[bytes] = []
+        self._mbus_segments: list[bytes] = []
+        self._mbus_raw: list[bytes] = []
+        self._gbt = gbt.GbtAssembler()
+        self.counters: Counter[str] = Counter()
+
+    # ------------------------------------------------------------------------------------ public
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """Add bytes from the line; returns the events they complete, in stream order."""
+        events: list[Event] = []
+        if data:
+            self._buf += data
+            self._scan(events, final=False)
+        return events
+
+    def flush(self) -> list[Event]:
+        """End of input: report whatever is left (cut-off frames, trailing noise) as `truncated`."""
+        events: list[Event] = []
+        self._scan(events, final=True)
+        leftover = bytes(self._noise) + bytes(self._buf)
+        partial = (
+            b"".join(self._hdlc_raw) + b"".join(self._mbus_raw) + self._gbt.reset()
+        )
+        self._hdlc_segments.clear()
+        self._hdlc_raw.clear()
+        self._mbus_segments.clear()
+        self._mbus_raw.clear()
+        self._noise.clear()
+        self._buf.clear()
+        self._reported_until = 0
+        self._last_frame_end = -1
+        if partial:
+            events.append(self._undecoded("stream", TRUNCATED, "message incomplete at end of input", partial))
+        if leftover:
+            events.append(
+                self._undecoded("stream", TRUNCATED, f"{len(leftover)} bytes left at end of input", leftover)
+            )
+        return events
+
+    # ------------------------------------------------------------------------------------ stream
+    def _scan(self, events: list[Event], *, final: bool) -> None:
+        buf = self._buf
+        pos = 0
+        size = len(buf)
+        search = stream.CANDIDATE.search
+        while pos < size:
+            match = search(buf, pos)
+            if match is None:
+                self._add_noise(events, pos, size)
+                pos = size
+                break
+            start = match.start()
+            if start > pos:
+                self._add_noise(events, pos, start)
+            pos = start
+            result = stream.probe(buf, start, final)
+            if result is None:
+                if final and start == self._last_frame_end and buf[start] == hdlc.FLAG:
+                    pos = start + 1  # the last frame's closing flag
+                    continue
+                if final or self._weak_gives_way(buf, start):
+                    self._add_noise(events, start, start + 1)
+                    pos = start + 1
+                    continue
+                break  # wait for more bytes
+            if result is False:
+                if buf[start] == hdlc.FLAG and (start == self._last_frame_end or buf[start + 1 : start + 2] == b"\x7e"):
+                    pos = start + 1  # closing or fill flag, not noise
+                    continue
+                self._add_noise(events, start, start + 1)
+                pos = start + 1
+                continue
+            assert isinstance(result, tuple)
+            kind, end = result
+            self._flush_noise(events)
+            frame = bytes(buf[start:end])
+            if kind is stream.Kind.HDLC:
+                ok = self._on_hdlc(events, frame, buf, end)
+            elif kind is stream.Kind.MBUS:
+                ok = self._on_mbus(events, frame)
+            elif kind is stream.Kind.DSMR:
+                ok = self._on_dsmr(events, frame)
+            else:
+                ok = self._on_bare_apdu(events, frame, buf, start, end)
+            if ok:
+                pos = end
+                self._last_frame_end = end
+            else:
+                # The bytes were reported with the bad frame; resynchronise inside them, because a good
+                # frame may begin there when the bad one was cut short on the line.
+                self._reported_until = max(self._reported_until, end)
+                pos = start + 1
+        if pos:
+            del buf[:pos]
+            self._reported_until = max(0, self._reported_until - pos)
+            self._last_frame_end -= pos
+
+    def _weak_gives_way(self, buf: bytearray, start: int) -> bool:
+        """An incomplete bare APDU yields to a strong candidate further on, or when too long."""
+        if buf[start] in (hdlc.FLAG, mbus.START, 0x2F):
+            return False
+        if len(buf) - start > stream.MAX_BARE_APDU:
+            return True
+        search = stream.CANDIDATE.search
+        pos = start + 1
+        while (match := search(buf, pos)) is not None:
+            candidate = match.start()
+            if stream.is_strong_start(buf, candidate):
+                return True
+            pos = candidate + 1
+        return False
+
+    def _add_noise(self, events: list[Event], start: int, end: int) -> None:
+        start = max(start, self._reported_until)
+        if start >= end:
+            return
+        self._noise += self._buf[start:end]
+        if len(self._noise) >= MAX_NOISE_REPORT:
+            self._flush_noise(events)
+
+    def _flush_noise(self, events: list[Event]) -> None:
+        if self._noise:
+            noise = bytes(self._noise)
+            self._noise.clear()
+            if not noise.strip(b"\r\n"):
+                return  # line ends between DSMR telegrams carry nothing
+            events.append(self._undecoded("stream", "noise", f"{len(noise)} bytes outside any frame", noise))
+
+    # ------------------------------------------------------------------------------------ frames
+    def _on_hdlc(self, events: list[Event], frame: bytes, buf: bytearray, end: int) -> bool:
+        header = hdlc.parse_header(frame, 0)
+        assert isinstance(header, hdlc.HdlcHeader)
+        raw = frame + b"\x7e" if buf[end : end + 1] == b"\x7e" else frame
+        if not hdlc.fcs_ok(frame):
+            self._drop_hdlc_segments(events)
+            events.append(self._undecoded("hdlc", "fcs_error", "frame check sequence does not match", raw))
+            return False
+        self.counters["frames"] += 1
+        info = hdlc.information(frame, header)
+        if header.segmented:
+            self._hdlc_segments.append(info)
+            self._hdlc_raw.append(raw)
+            return True
+        if self._hdlc_segments:
+            self._hdlc_segments.append(info)
+            self._hdlc_raw.append(raw)
+            info = b"".join(self._hdlc_segments)
+            raw = b"".join(self._hdlc_raw)
+            self._hdlc_segments.clear()
+            self._hdlc_raw.clear()
+        if not info:
+            return True  # a supervisory frame without information: nothing to decode
+        self._on_apdu(events, info, raw, "hdlc")
+        return True
+
+    def _drop_hdlc_segments(self, events: list[Event]) -> None:
+        if self._hdlc_segments:
+            raw = b"".join(self._hdlc_raw)
+            self._hdlc_segments.clear()
+            self._hdlc_raw.clear()
+            events.append(self._undecoded("hdlc", "segment_lost", "segmented message lost a segment", raw))
+
+    def _on_mbus(self, events: list[Event], frame: bytes) -> bool:
+        if not mbus.checksum_ok(frame):
+            self._drop_mbus_segments(events)
+            events.append(self._undecoded("mbus", "checksum_error", "M-Bus checksum or stop byte wrong", frame))
+            return False
+        self.counters["frames"] += 1
+        parsed = mbus.parse(frame)
+        if parsed.sequence != len(self._mbus_segments):
+            self._drop_mbus_segments(events)
+            if parsed.sequence != 0:
+                events.append(
+                    self._undecoded("mbus", "segment_lost", f"segment {parsed.sequence} without its predecessors", frame)
+                )
+                return True
+        self._mbus_segments.append(parsed.payload)
+        self._mbus_raw.append(frame)
+        if not parsed.final:
+            return True
+        apdu = b"".join(self._mbus_segments)
+        raw = b"".join(self._mbus_raw)
+        self._mbus_segments.clear()
+        self._mbus_raw.clear()
+        self._on_apdu(events, apdu, raw, "mbus")
+        return True
+
+    def _drop_mbus_segments(self, events: list[Event]) -> None:
+        if self._mbus_segments:
+            raw = b"".join(self._mbus_raw)
+            self._mbus_segments.clear()
+            self._mbus_raw.clear()
+            events.append(self._undecoded("mbus", "segment_lost", "segmented message lost a segment", raw))
+
+    def _on_dsmr(self, events: list[Event], telegram: bytes) -> bool:
+        self.counters["frames"] += 1
+        event = dsmr.parse_telegram(
+            telegram, standard_offset_minutes=self._dsmr_offset, require_crc=self._require_crc
+        )
+        self._emit(events, event)
+        return True
+
+    def _on_bare_apdu(self, events: list[Event], frame: bytes, buf: bytearray, start: int, end: int) -> bool:
+        # A strong frame hidden inside means this "APDU" was line noise that happened to parse.
+        search = stream.CANDIDATE.search
+        pos = start + 1
+        while (match := search(buf, pos, end)) is not None:
+            candidate = match.start()
+            if stream.is_strong_start(buf, candidate):
+                self._add_noise(events, start, candidate)
+                return False
+            pos = candidate + 1
+        self.counters["frames"] += 1
+        self._on_apdu(events, frame, frame, "apdu")
+        return True
+
+    # ------------------------------------------------------------------------------------ APDUs
+    def _on_apdu(
+        self,
+        events: list[Event],
+        apdu: bytes,
+        raw: bytes,
+        layer: Layer,
+        system_title: str | None = None,
+        invocation_counter: int | None = None,
+        depth: int = 0,
+    ) -> None:
+        if apdu[:3] in stream.LLC_HEADERS:
+            apdu = apdu[3:]
+        if not apdu:
+            events.append(self._undecoded("apdu", "empty", "no APDU after the LLC header", raw))
+            return
+        if depth > MAX_NESTING:
+            events.append(self._undecoded("apdu", "too_deep", "APDUs nested too deeply", raw))
+            return
+        tag = apdu[0]
+        if tag == gbt.TAG:
+            self._on_gbt_block(events, apdu, raw, depth)
+        elif tag == cipher.TAG:
+            self._on_ciphered(events, apdu, raw, depth)
+        elif tag == 0x2F:
+            self._emit(
+                events,
+                dsmr.parse_telegram(
+                    apdu,
+                    standard_offset_minutes=self._dsmr_offset,
+                    require_crc=self._require_crc,
+                    system_title=system_title,
+                    invocation_counter=invocation_counter,
+                ),
+            )
+        else:
+            self._emit(
+                events,
+                self._interpreter.decode(
+                    apdu, raw=raw, system_title=system_title, invocation_counter=invocation_counter
+                ),
+            )
+
+    def _on_gbt_block(self, events: list[Event], apdu: bytes, raw: bytes, depth: int) -> None:
+        try:
+            block = gbt.parse_block(apdu)
+        except gbt.GbtError as exc:
+            events.append(self._undecoded("gbt", exc.code, exc.detail, raw + self._gbt.reset()))
+            return
+        complete, message_raw, discarded, reason = self._gbt.add(block, raw)
+        if discarded:
+            detail = {
+                "restarted": "block sequence restarted; the unfinished message was dropped",
+                "block_lost": "a block is missing; the unfinished message was dropped",
+                "too_long": "reassembled message exceeds 64 KiB",
+            }.get(reason or "", "message dropped")
+            events.append(self._undecoded("gbt", reason or "dropped", detail, discarded))
+        if complete is not None:
+            self._on_apdu(events, complete, message_raw, "gbt", depth=depth + 1)
+
+    def _on_ciphered(self, events: list[Event], apdu: bytes, raw: bytes, depth: int) -> None:
+        try:
+            header = cipher.parse_header(apdu)
+        except cipher.CipherError as exc:
+            events.append(self._undecoded("cipher", exc.code, exc.detail, raw))
+            return
+        title = header.system_title_hex
+        counter = header.invocation_counter
+        if self._encryption_key is None:
+            events.append(
+                self._undecoded(
+                    "cipher",
+                    NO_KEY,
+                    f"encrypted APDU (security control 0x{header.security_control:02X}) and no key configured",
+                    raw,
+                    title,
+                    counter,
+                )
+            )
+            return
+        try:
+            plaintext = cipher.decrypt(
+                apdu, header, self._encryption_key, self._authentication_key, _plausible_plaintext
+            )
+        except cipher.CipherError as exc:
+            events.append(self._undecoded("cipher", exc.code, exc.detail, raw, title, counter))
+            return
+        self._on_apdu(events, plaintext, raw, "cipher", title, counter, depth + 1)
+
+    # ------------------------------------------------------------------------------------ helpers
+    def _emit(self, events: list[Event], event: Reading | UndecodedFrame) -> None:
+        if isinstance(event, Reading):
+            self.counters["readings"] += 1
+        else:
+            self.counters[f"{event.layer}.{event.error}"] += 1
+        events.append(event)
+
+    def _undecoded(
+        self,
+        layer: Layer,
+        error: str,
+        detail: str,
+        raw: bytes,
+        system_title: str | None = None,
+        invocation_counter: int | None = None,
+    ) -> UndecodedFrame:
+        self.counters[f"{layer}.{error}"] += 1
+        return UndecodedFrame(layer, error, detail, raw, system_title, invocation_counter)
+
+
+def _plausible_plaintext(plaintext: bytes) -> bool:
+    """Does decrypted data look like what meters encrypt? Used where no tag proves the key."""
+    if not plaintext:
+        return False
+    tag = plaintext[0]
+    if tag == 0x0F:
+        try:
+            parse_data_notification(plaintext)
+        except ApduError:
+            return False
+        return True
+    if tag == gbt.TAG:
+        try:
+            gbt.parse_block(plaintext)
+        except gbt.GbtError:
+            return False
+        return True
+    if tag == 0x2F:
+        return stream.DSMR_IDENT.match(plaintext) is not None and b"!" in plaintext
+    return False

@@ -1,0 +1,99 @@
+"""General Block Transfer (GBT, APDU tag 0xE0) reassembly.
+
+Layout of one block: `E0 | control | block number(2) | acknowledged block(2) | BER length | data`.
+Control bit 0x80 marks the last block. Landis+Gyr meters send each block in its own HDLC frame and
+sometimes restart a sequence mid-stream, so a block number 1 always starts a new message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+from amsd.decoder.ber import read_length
+
+TAG: Final = 0xE0
+LAST_BLOCK_BIT: Final = 0x80
+MAX_MESSAGE: Final = 65536
+
+
+class GbtError(Exception):
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(slots=True, frozen=True)
+class GbtBlock:
+    last: bool
+    number: int
+    data: bytes
+
+
+def parse_block(apdu: bytes) -> GbtBlock:
+    if len(apdu) < 7 or apdu[0] != TAG:
+        raise GbtError("bad_block", "general block transfer header is cut short")
+    try:
+        length = read_length(apdu, 6)
+    except ValueError as exc:
+        raise GbtError("bad_block", str(exc)) from None
+    if length is None:
+        raise GbtError("bad_block", "general block transfer length is cut short")
+    size, start = length
+    if start + size > len(apdu):
+        raise GbtError("bad_block", f"block declares {size} bytes but carries {len(apdu) - start}")
+    return GbtBlock(
+        last=bool(apdu[1] & LAST_BLOCK_BIT),
+        number=int.from_bytes(apdu[2:4], "big"),
+        data=apdu[start : start + size],
+    )
+
+
+@dataclass(slots=True)
+class GbtAssembler:
+    """Collects blocks until the last one; reports what it had to throw away."""
+
+    _parts: list[bytes] = field(default_factory=list)
+    _raw: list[bytes] = field(default_factory=list)
+    _next: int = 1
+    _size: int = 0
+
+    @property
+    def pending_raw(self) -> bytes:
+        return b"".join(self._raw)
+
+    def reset(self) -> bytes:
+        """Drop a partial message; returns its wire bytes (for reporting)."""
+        raw = self.pending_raw
+        self._parts.clear()
+        self._raw.clear()
+        self._next = 1
+        self._size = 0
+        return raw
+
+    def add(self, block: GbtBlock, raw: bytes) -> tuple[bytes | None, bytes, bytes, str | None]:
+        """Add one block.
+
+        Returns (complete APDU or None, wire bytes of that APDU, wire bytes of a discarded partial
+        message, reason for the discard).
+        """
+        discarded = b""
+        reason: str | None = None
+        if block.number == 1 and self._parts:
+            reason = "restarted"
+            discarded = self.reset()
+        elif block.number != self._next:
+            reason = "block_lost"
+            discarded = self.reset() + raw
+            return None, b"", discarded, reason
+        self._parts.append(block.data)
+        self._raw.append(raw)
+        self._size += len(block.data)
+        self._next = block.number + 1
+        if self._size > MAX_MESSAGE:
+            return None, b"", self.reset(), "too_long"
+        if not block.last:
+            return None, b"", discarded, reason
+        apdu = b"".join(self._parts)
+        return apdu, self.reset(), discarded, reason
