@@ -1,0 +1,556 @@
+"""Configuration: one TOML file, overridable from the environment, with secrets from files or systemd
+credentials.
+
+Sources, highest priority first:
+
+1. environment variables `AMSD_<SECTION>__<KEY>` (`AMSD_MQTT__HOST`, `AMSD_MQTT__PASSWORD`,
+   `AMSD_MQTT__TLS__CA_FILE`, `AMSD_LOG__LEVEL`); a meter is addressed by its index in the file:
+   `AMSD_METERS__0__ENCRYPTION_KEY`. An index one past the last meter adds a meter.
+2. the TOML file given on the command line (`-c`, default /etc/amsd/amsd.toml).
+3. for secrets that are still unset: `*_file` keys (`encryption_key_file`, `authentication_key_file`,
+   `password_file`), then systemd credentials in `$CREDENTIALS_DIRECTORY` named
+   `<meter name>.encryption_key`, `<meter name>.authentication_key` and `mqtt.password`
+   (`LoadCredential=` in the unit). File contents are stripped of surrounding whitespace.
+   Giving a secret both directly and through its `*_file` key is an error.
+
+Unknown keys are errors in every section, and so are unknown `AMSD_<SECTION>__...` variables. Error
+messages name the field and never contain the value (`hide_input_in_errors`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sys
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal, Protocol, TypeAlias
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    SecretBytes,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX: Final = "AMSD_"
+ENV_DELIMITER: Final = "__"
+KEY_BYTES: Final = 16
+DEFAULT_OUTBOX: Final = Path("/var/lib/amsd/outbox.sqlite3")
+STANDARD_BAUDRATES: Final = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800)
+
+# What people paste keys with: whitespace, colons, commas, dashes, and 0x prefixes (whole key or per byte).
+_KEY_NOISE: Final = re.compile(r"[\s:,\-]|0[xX]")
+_HEX: Final = re.compile(r"[0-9a-fA-F]*")
+_SLUG: Final = re.compile(r"[a-z0-9_-]{1,64}")
+_URL_PORT: Final = re.compile(
+    r"(?P<scheme>socket|rfc2217)://(?P<host>[^\s/:]+|\[[0-9a-fA-F:.]+\]):(?P<port>\d{1,5})"
+)
+_FIELD_PREFIX: Final = re.compile(r"(?P<field>[a-z_]+): (?P<message>.*)", re.DOTALL)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used. The message is for humans and never contains a secret."""
+
+
+# --- value parsers ------------------------------------------------------------------------------
+
+
+def parse_key_text(text: str) -> bytes:
+    """32 hex characters once separators and 0x prefixes are gone -> 16 bytes.
+
+    The error says what is wrong in terms of lengths and character classes, never the value."""
+    cleaned = _KEY_NOISE.sub("", text)
+    if len(cleaned) != 2 * KEY_BYTES:
+        raise ValueError(f"must be {2 * KEY_BYTES} hex characters (got {len(cleaned)})")
+    if not _HEX.fullmatch(cleaned):
+        raise ValueError("must contain only hex digits 0-9 and a-f")
+    return bytes.fromhex(cleaned)
+
+
+def _validate_key(value: object) -> object:
+    if isinstance(value, SecretBytes):
+        value = value.get_secret_value()
+    if isinstance(value, bytes | bytearray):
+        if len(value) != KEY_BYTES:
+            raise ValueError(f"must be {KEY_BYTES} bytes (got {len(value)})")
+        return bytes(value)
+    if isinstance(value, str):
+        return parse_key_text(value)
+    raise ValueError(f"must be a string of {2 * KEY_BYTES} hex characters")
+
+
+# A 16-byte AES key. SecretBytes masks repr/str/JSON; get_secret_value() gives the bytes.
+AesKey: TypeAlias = Annotated[SecretBytes, BeforeValidator(_validate_key)]
+
+
+def _validate_baudrate(value: object) -> int | Literal["auto"]:
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "auto":
+            return "auto"
+        if not text.isdigit():
+            raise ValueError('must be a baud rate such as 2400 or "auto"')
+        value = int(text)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError('must be a baud rate such as 2400 or "auto"')
+    if value not in STANDARD_BAUDRATES:
+        rates = ", ".join(str(rate) for rate in STANDARD_BAUDRATES)
+        raise ValueError(f'must be one of {rates} or "auto" (got {value})')
+    return value
+
+
+Baudrate: TypeAlias = Annotated[int | Literal["auto"], PlainValidator(_validate_baudrate)]
+
+
+def _validate_protocol(value: object) -> Literal["3.1.1", "5"]:
+    # TOML users write `protocol = 5` as often as `protocol = "5"`.
+    text = str(value).strip() if isinstance(value, int | float | str) and not isinstance(value, bool) else ""
+    if text in ("3.1.1", "311", "3"):
+        return "3.1.1"
+    if text in ("5", "5.0"):
+        return "5"
+    raise ValueError('must be "3.1.1" or "5"')
+
+
+MqttProtocol: TypeAlias = Annotated[Literal["3.1.1", "5"], PlainValidator(_validate_protocol)]
+
+
+def _upper(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _check_topic_prefix(value: str) -> str:
+    if not value or value.startswith("/") or value.endswith("/"):
+        raise ValueError("must be non-empty and must not start or end with '/'")
+    if any(char in value for char in "+#\x00"):
+        raise ValueError("must not contain the MQTT wildcards '+' or '#'")
+    return value
+
+
+def _read_secret_file(path: Path, field: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        # Only the path and the OS reason: never the contents.
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ValueError(f"{field}: cannot read {path}: {reason}") from None
+
+
+def _credential(name: str) -> Path | None:
+    """A systemd credential file (`LoadCredential=NAME:...`) if the service has one by that name."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    path = Path(directory) / name
+    return path if path.is_file() else None
+
+
+def _default_client_id() -> str:
+    # Unique per host so that two machines never kick each other off the broker.
+    return f"amsd-{socket.gethostname().split('.')[0] or 'host'}"
+
+
+def _default_outbox_path() -> Path:
+    # systemd's StateDirectory= sets $STATE_DIRECTORY (colon-separated if several).
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(state) / "outbox.sqlite3" if state else DEFAULT_OUTBOX
+
+
+# --- models -------------------------------------------------------------------------------------
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, validate_default=True)
+
+
+class TlsConfig(_Section):
+    """`[mqtt.tls]`. All paths optional: the system CA store is used when ca_file is unset."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = False
+
+    @model_validator(mode="after")
+    def _client_cert_pair(self) -> TlsConfig:
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file: needs cert_file as well")
+        return self
+
+
+class MqttConfig(_Section):
+    """`[mqtt]`."""
+
+    host: str = Field(default="localhost", min_length=1)
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    # `tls = true` uses the system CA store; a `[mqtt.tls]` table sets files; false/absent is plain TCP.
+    tls: TlsConfig | None = None
+    client_id: str = Field(default_factory=_default_client_id, min_length=1, max_length=128)
+    topic_prefix: str = "amsd"
+    qos: Literal[0, 1, 2] = 1
+    protocol: MqttProtocol = "3.1.1"
+    keepalive: int = Field(default=30, ge=5, le=65535)
+    retain_values: bool = False
+    payload_format: Literal["amsd", "amsreader"] = "amsd"
+
+    @field_validator("tls", mode="before")
+    @classmethod
+    def _tls_bool(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+            value = value.strip().lower() in ("true", "1", "yes")
+        if value is True:
+            return {}
+        if value is False:
+            return None
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _topic_prefix(cls, value: str) -> str:
+        return _check_topic_prefix(value)
+
+    @model_validator(mode="after")
+    def _password_sources(self) -> MqttConfig:
+        if self.password_file is not None:
+            if self.password is not None:
+                raise ValueError("password_file: set either password or password_file, not both")
+            self.password = SecretStr(_read_secret_file(self.password_file, "password_file"))
+        elif self.password is None and (credential := _credential("mqtt.password")) is not None:
+            label = "password (systemd credential mqtt.password)"
+            self.password = SecretStr(_read_secret_file(credential, label))
+        return self
+
+
+class HomeAssistantConfig(_Section):
+    """`[homeassistant]`: MQTT discovery."""
+
+    enabled: bool = True
+    discovery_prefix: str = "homeassistant"
+
+    @field_validator("discovery_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return _check_topic_prefix(value)
+
+
+class OutboxConfig(_Section):
+    """`[outbox]`: readings kept on disk while the broker is unreachable."""
+
+    path: Path = Field(default_factory=_default_outbox_path)
+    max_messages: int = Field(default=100_000, ge=1)
+
+
+class LogConfig(_Section):
+    """`[log]`. format "auto": journald under systemd, console on a terminal, JSON lines otherwise."""
+
+    level: Annotated[Literal["debug", "info", "warning", "error", "critical"], BeforeValidator(_lower)] = (
+        "info"
+    )
+    format: Annotated[Literal["auto", "console", "json", "journald"], BeforeValidator(_lower)] = "auto"
+
+
+class MeterConfig(_Section):
+    """One `[[meters]]` entry."""
+
+    name: str
+    port: str
+    baudrate: Baudrate = 2400
+    parity: Annotated[Literal["N", "E", "O"], BeforeValidator(_upper)] = "N"
+    bytesize: Literal[7, 8] = 8
+    stopbits: Literal[1, 2] = 1
+    encryption_key: AesKey | None = None
+    authentication_key: AesKey | None = None
+    encryption_key_file: Path | None = None
+    authentication_key_file: Path | None = None
+    profile: str = Field(default="auto", pattern=r"^[a-z0-9_-]{1,64}$")
+    publish_raw: Literal["errors", "all"] = "errors"
+    idle_timeout_s: float = Field(default=30.0, gt=0, le=86_400)
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not _SLUG.fullmatch(value):
+            raise ValueError("must be 1-64 characters of a-z, 0-9, '_' and '-' (it is used in MQTT topics)")
+        return value
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, value: str) -> str:
+        if value.startswith("/"):
+            return value
+        match = _URL_PORT.fullmatch(value)
+        if match is None or not 1 <= int(match["port"]) <= 65535:
+            raise ValueError("must be a device path (/dev/ttyUSB0) or socket://host:port")
+        return value
+
+    @model_validator(mode="after")
+    def _key_sources(self) -> MeterConfig:
+        for field in ("encryption_key", "authentication_key"):
+            file_field = f"{field}_file"
+            path: Path | None = getattr(self, file_field)
+            if path is not None:
+                if getattr(self, field) is not None:
+                    raise ValueError(f"{file_field}: set either {field} or {file_field}, not both")
+                source, label = path, file_field
+            elif getattr(self, field) is None and (credential := _credential(f"{self.name}.{field}")):
+                source, label = credential, f"{field} (systemd credential {self.name}.{field})"
+            else:
+                continue
+            text = _read_secret_file(source, label)
+            try:
+                key = parse_key_text(text)
+            except ValueError as exc:
+                raise ValueError(f"{label}: {exc}") from None
+            setattr(self, field, SecretBytes(key))
+        return self
+
+
+class AmsdConfig(_Section):
+    """The whole configuration. Build it directly (no env, no file) or with `load_config`."""
+
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    meters: list[MeterConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_meters(self) -> AmsdConfig:
+        names: set[str] = set()
+        ports: set[str] = set()
+        for meter in self.meters:
+            if meter.name in names:
+                raise ValueError(f"meters: two meters are named {meter.name!r}; names must be unique")
+            if meter.port in ports:
+                raise ValueError(f"meters: two meters read {meter.port}; a port can be read only once")
+            names.add(meter.name)
+            ports.add(meter.port)
+        return self
+
+    def secret_values(self) -> Iterator[bytes | str]:
+        """Every configured secret, for log redaction."""
+        if self.mqtt.password is not None:
+            yield self.mqtt.password.get_secret_value()
+        for meter in self.meters:
+            for key in (meter.encryption_key, meter.authentication_key):
+                if key is not None:
+                    yield key.get_secret_value()
+
+    def masked_dict(self) -> dict[str, Any]:
+        """The effective configuration as JSON-compatible data, every secret masked."""
+        data: dict[str, Any] = self.model_dump(mode="json")
+        return data
+
+
+def validate_for_run(config: AmsdConfig) -> None:
+    """What `amsd run` needs beyond a well-formed file: at least one meter."""
+    if not config.meters:
+        raise ConfigError("no meters configured: add a [[meters]] table with at least name and port")
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+_toml_path: ContextVar[Path] = ContextVar("amsd_config_toml_path")
+
+
+def _env_name(path: tuple[str | int, ...]) -> str:
+    return ENV_PREFIX + ENV_DELIMITER.join(str(part).upper() for part in path)
+
+
+def _merge(base: Any, override: Any, path: tuple[str | int, ...] = ()) -> Any:
+    """Deep-merge env overrides into the TOML data. A dict with integer keys over a list (what
+    `AMSD_METERS__0__KEY` produces) updates that list element; an index one past the end appends."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = _merge(base[key], value, (*path, key)) if key in base else value
+        return merged
+    if isinstance(base, list) and isinstance(override, dict) and all(k.isdigit() for k in override):
+        merged_list = list(base)
+        for index_text in sorted(override, key=int):
+            index = int(index_text)
+            if index < len(merged_list):
+                merged_list[index] = _merge(merged_list[index], override[index_text], (*path, index))
+            elif index == len(merged_list):
+                merged_list.append(override[index_text])
+            else:
+                raise ConfigError(
+                    f"{_env_name((*path, index))}: index {index} is beyond the {len(merged_list)} "
+                    f"configured entries (use {len(merged_list)} to add one)"
+                )
+        return merged_list
+    return override
+
+
+class _TomlWithEnvSource(PydanticBaseSettingsSource):
+    """The TOML file with `AMSD_*` environment variables merged over it."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False  # unused: __call__ builds the whole dict
+
+    def __call__(self) -> dict[str, Any]:
+        toml = TomlConfigSettingsSource(self.settings_cls, toml_file=_toml_path.get())
+        data: dict[str, Any] = toml.toml_data
+        env = EnvSettingsSource(
+            self.settings_cls, env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_DELIMITER, case_sensitive=False
+        )()
+        # A nested-looking variable for a section that does not exist is a typo, not something to ignore.
+        # (Plain AMSD_FOO variables, such as the test suite's AMSD_CONFORMANCE_DIR, are not config.)
+        for name in os.environ:
+            upper = name.upper()
+            if upper.startswith(ENV_PREFIX) and ENV_DELIMITER in upper[len(ENV_PREFIX) :]:
+                section = upper[len(ENV_PREFIX) :].split(ENV_DELIMITER)[0].lower()
+                if section not in AmsdConfig.model_fields:
+                    raise ConfigError(f"{upper}: unknown section {section!r} in environment override")
+        overrides = {key: value for key, value in env.items() if key in AmsdConfig.model_fields}
+        merged: dict[str, Any] = _merge(data, overrides)
+        return merged
+
+
+class _AmsdSettings(BaseSettings, AmsdConfig):
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        hide_input_in_errors=True,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_DELIMITER,
+        case_sensitive=False,
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, _TomlWithEnvSource(settings_cls))
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _upper_environ() -> set[str]:
+    return {name.upper() for name in os.environ}
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line per problem, `field.path: message`, without the offending values."""
+    lines = []
+    for item in error.errors(include_url=False, include_input=False, include_context=False):
+        loc = _format_loc(tuple(item["loc"]))
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see config.example.toml)"
+        elif item["type"] == "missing":
+            message = "required"
+        # Model-level validators prefix their message with the field they are about.
+        if (match := _FIELD_PREFIX.fullmatch(message)) is not None:
+            loc = f"{loc}.{match['field']}" if loc else match["field"]
+            message = match["message"]
+        if item["loc"] and (env_name := _env_name(tuple(item["loc"]))) in _upper_environ():
+            message += f" (from environment variable {env_name})"
+        lines.append(f"{loc or '(top level)'}: {message}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, *, require_meters: bool = True) -> AmsdConfig:
+    """Read the TOML file, apply `AMSD_*` environment overrides and secret files, validate.
+
+    Raises ConfigError with a message naming every bad field and never echoing a value. Every secret
+    found is registered with the log redactor."""
+    toml_path = Path(path)
+    try:
+        with toml_path.open("rb") as handle:
+            tomllib.load(handle)  # syntax check with a clear error before pydantic-settings reads it
+    except FileNotFoundError:
+        raise ConfigError(f"{toml_path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{toml_path}: cannot read: {exc.strerror or type(exc).__name__}") from None
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message names the line and column, not the text of the line.
+        raise ConfigError(f"{toml_path}: TOML syntax error: {exc}") from None
+    token = _toml_path.set(toml_path)
+    try:
+        config: AmsdConfig = _AmsdSettings()
+    except ValidationError as exc:
+        raise ConfigError(f"{toml_path}: invalid configuration:\n{format_validation_error(exc)}") from None
+    except SettingsError as exc:
+        # pydantic-settings failed to parse an environment variable (e.g. bad JSON for a table).
+        cause = exc.__cause__
+        detail = format_validation_error(cause) if isinstance(cause, ValidationError) else str(exc)
+        raise ConfigError(f"environment override: {detail}") from None
+    finally:
+        _toml_path.reset(token)
+    if require_meters:
+        validate_for_run(config)
+    from amsd.log import register_secret  # lazy: structlog is only needed once the config is good
+
+    for secret in config.secret_values():
+        register_secret(secret)
+    return config
+
+
+# --- amsd check-config --------------------------------------------------------------------------
+
+
+class _ConfigArgs(Protocol):
+    config: str
+
+
+def check_config_command(args: _ConfigArgs, *, out: Callable[[str], object] | None = None) -> int:
+    """`amsd check-config -c FILE`: print the effective config as JSON with secrets masked.
+
+    Exit 0 when it is usable by `amsd run`, 2 with `amsd: config error: ...` on stderr otherwise."""
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"amsd: config error: {exc}", file=sys.stderr)
+        return 2
+    overrides = env_overrides()
+    if overrides:
+        # Names only: the values may be secrets.
+        print(f"amsd: environment overrides: {', '.join(overrides)}", file=sys.stderr)
+    text = json.dumps(config.masked_dict(), indent=2, ensure_ascii=False)
+    (out or print)(text)
+    return 0
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Names (not values) of the `AMSD_*` variables that take part in the configuration."""
+    env = os.environ if environ is None else environ
+    sections = {f"{ENV_PREFIX}{name.upper()}" for name in AmsdConfig.model_fields}
+    return sorted(
+        name for name in env if name.upper() in sections or name.upper().split(ENV_DELIMITER)[0] in sections
+    )
