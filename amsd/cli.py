@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--profile", default="aidon-no", help="meter profile (see --list-profiles)")
     simulate.add_argument("--list-profiles", action="store_true", help="list meter profiles and exit")
     simulate.add_argument("--tcp", metavar="[HOST:]PORT", help="serve on a TCP port instead of a pty")
-    simulate.add_argument("--key", metavar="HEX", help="encrypt with this encryption key")
+    simulate.add_argument("--key", metavar="HEX", help="encryption key ('off' = plaintext)")
     simulate.add_argument("--auth-key", metavar="HEX", help="authenticate with this key (GCM tag)")
     simulate.add_argument("--speed", type=float, default=1.0, help="time factor (10 = ten times faster)")
     simulate.add_argument("--frames", type=int, default=0, help="stop after this many frames (0 = forever)")
@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--drop-every", type=int, default=0, help="drop the line every N frames")
     simulate.add_argument("--no-pacing", action="store_true", help="send frames at once, not at baud rate")
     simulate.add_argument("--report", metavar="FILE", help="write a JSON report of frames sent")
+    simulate.add_argument("--link", metavar="PATH", help="keep a symlink to the pty slave at PATH")
+    simulate.add_argument("--wait-client", action="store_true", help="TCP: send once a client connects")
+    simulate.add_argument("--seed", type=int, default=None, help="seed for reproducible values/noise")
 
     # --- demo ------------------------------------------------------------------------------------
     demo = sub.add_parser("demo", help="simulated meter through the whole pipeline, no hardware needed")
@@ -80,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_argument("-o", "--output", required=True, help="file to write (binary)")
     capture.add_argument("--baudrate", type=int, default=2400)
     capture.add_argument("--parity", choices=("N", "E", "O"), default="N")
+    capture.add_argument("--bytesize", type=int, choices=(7, 8), default=8)
     capture.add_argument("--seconds", type=float, default=60.0)
 
     # --- check-config ----------------------------------------------------------------------------

@@ -41,6 +41,7 @@ __all__ = [
 # Noise is reported in pieces of at most this size so that a wrong baud rate cannot grow memory.
 MAX_NOISE_REPORT: Final = 1024
 MAX_NESTING: Final = 4
+STRONG_START_BYTES: Final = frozenset((hdlc.FLAG, mbus.START, 0x2F))
 
 
 class Decoder:
@@ -126,6 +127,11 @@ class Decoder:
             if start > pos:
                 self._add_noise(events, pos, start)
             pos = start
+            if start < self._reported_until and buf[start] not in STRONG_START_BYTES:
+                # Inside a frame that failed its check: only a frame with its own integrity check
+                # may start here, never a bare APDU (which would bring the damaged bytes back).
+                pos = start + 1
+                continue
             result = stream.probe(buf, start, final)
             if result is None:
                 if final and start == self._last_frame_end and buf[start] == hdlc.FLAG:
