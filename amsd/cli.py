@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # --- check-config ----------------------------------------------------------------------------
     check = sub.add_parser("check-config", help="validate the config and print it with secrets masked")
-    check.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"TOML config (default {DEFAULT_CONFIG})")
+    check.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"TOML file (default {DEFAULT_CONFIG})")
     return parser
 
 

@@ -53,7 +53,9 @@ class Case:
 
     @property
     def negative(self) -> bool:
-        return any(self.framing.get(k) is False for k in ("crc_ok", "fcs_ok", "hcs_ok", "checksum_ok", "reading"))
+        return any(
+            self.framing.get(k) is False for k in ("crc_ok", "fcs_ok", "hcs_ok", "checksum_ok", "reading")
+        )
 
     @property
     def no_key(self) -> bool:

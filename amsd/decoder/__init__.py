@@ -92,9 +92,7 @@ class Decoder:
         events: list[Event] = []
         self._scan(events, final=True)
         leftover = bytes(self._noise) + bytes(self._buf)
-        partial = (
-            b"".join(self._hdlc_raw) + b"".join(self._mbus_raw) + self._gbt.reset()
-        )
+        partial = b"".join(self._hdlc_raw) + b"".join(self._mbus_raw) + self._gbt.reset()
         self._hdlc_segments.clear()
         self._hdlc_raw.clear()
         self._mbus_segments.clear()
@@ -143,7 +141,9 @@ class Decoder:
                     continue
                 break  # wait for more bytes
             if result is False:
-                if buf[start] == hdlc.FLAG and (start == self._last_frame_end or buf[start + 1 : start + 2] == b"\x7e"):
+                if buf[start] == hdlc.FLAG and (
+                    start == self._last_frame_end or buf[start + 1 : start + 2] == b"\x7e"
+                ):
                     pos = start + 1  # closing or fill flag, not noise
                     continue
                 self._add_noise(events, start, start + 1)
@@ -153,22 +153,34 @@ class Decoder:
             kind, end = result
             self._flush_noise(events)
             frame = bytes(buf[start:end])
+            failure: tuple[Layer, str, str] | None = None
             if kind is stream.Kind.HDLC:
-                ok = self._on_hdlc(events, frame, buf, end)
+                failure = self._on_hdlc(events, frame, buf, end)
             elif kind is stream.Kind.MBUS:
-                ok = self._on_mbus(events, frame)
+                failure = self._on_mbus(events, frame)
             elif kind is stream.Kind.DSMR:
-                ok = self._on_dsmr(events, frame)
-            else:
-                ok = self._on_bare_apdu(events, frame, buf, start, end)
-            if ok:
-                pos = end
-                self._last_frame_end = end
-            else:
-                # The bytes were reported with the bad frame; resynchronise inside them, because a good
-                # frame may begin there when the bad one was cut short on the line.
+                self._on_dsmr(events, frame)
+            elif not self._on_bare_apdu(events, frame, buf, start, end):
+                # Line noise that happened to parse as an APDU: already counted as noise.
                 self._reported_until = max(self._reported_until, end)
                 pos = start + 1
+                continue
+            if failure is None:
+                pos = end
+                self._last_frame_end = end
+                continue
+            # A bad frame may have been cut short on the line, with a good frame starting inside it:
+            # report only the bytes before that frame, and resynchronise inside the bad one.
+            layer, error, detail = failure
+            inner = self._strong_start_within(buf, start + 1, end)
+            if inner is not None:
+                end = inner
+                error, detail = "cut_short", "frame cut short: another frame starts inside it"
+            elif kind is stream.Kind.HDLC and buf[end : end + 1] == b"\x7e":
+                end += 1  # report the closing flag with the frame
+            events.append(self._undecoded(layer, error, detail, bytes(buf[start:end])))
+            self._reported_until = max(self._reported_until, end)
+            pos = start + 1
         if pos:
             del buf[:pos]
             self._reported_until = max(0, self._reported_until - pos)
@@ -176,18 +188,11 @@ class Decoder:
 
     def _weak_gives_way(self, buf: bytearray, start: int) -> bool:
         """An incomplete bare APDU yields to a strong candidate further on, or when too long."""
-        if buf[start] in (hdlc.FLAG, mbus.START, 0x2F):
+        if buf[start] in STRONG_START_BYTES:
             return False
         if len(buf) - start > stream.MAX_BARE_APDU:
             return True
-        search = stream.CANDIDATE.search
-        pos = start + 1
-        while (match := search(buf, pos)) is not None:
-            candidate = match.start()
-            if stream.is_strong_start(buf, candidate):
-                return True
-            pos = candidate + 1
-        return False
+        return self._strong_start_within(buf, start + 1, len(buf)) is not None
 
     def _add_noise(self, events: list[Event], start: int, end: int) -> None:
         start = max(start, self._reported_until)
@@ -206,20 +211,21 @@ class Decoder:
             events.append(self._undecoded("stream", "noise", f"{len(noise)} bytes outside any frame", noise))
 
     # ------------------------------------------------------------------------------------ frames
-    def _on_hdlc(self, events: list[Event], frame: bytes, buf: bytearray, end: int) -> bool:
+    def _on_hdlc(
+        self, events: list[Event], frame: bytes, buf: bytearray, end: int
+    ) -> tuple[Layer, str, str] | None:
         header = hdlc.parse_header(frame, 0)
         assert isinstance(header, hdlc.HdlcHeader)
-        raw = frame + b"\x7e" if buf[end : end + 1] == b"\x7e" else frame
         if not hdlc.fcs_ok(frame):
             self._drop_hdlc_segments(events)
-            events.append(self._undecoded("hdlc", "fcs_error", "frame check sequence does not match", raw))
-            return False
+            return "hdlc", "fcs_error", "frame check sequence does not match"
+        raw = frame + b"\x7e" if buf[end : end + 1] == b"\x7e" else frame
         self.counters["frames"] += 1
         info = hdlc.information(frame, header)
         if header.segmented:
             self._hdlc_segments.append(info)
             self._hdlc_raw.append(raw)
-            return True
+            return None
         if self._hdlc_segments:
             self._hdlc_segments.append(info)
             self._hdlc_raw.append(raw)
@@ -227,10 +233,9 @@ class Decoder:
             raw = b"".join(self._hdlc_raw)
             self._hdlc_segments.clear()
             self._hdlc_raw.clear()
-        if not info:
-            return True  # a supervisory frame without information: nothing to decode
-        self._on_apdu(events, info, raw, "hdlc")
-        return True
+        if info:  # supervisory frames carry no information: nothing to decode
+            self._on_apdu(events, info, raw, "hdlc")
+        return None
 
     def _drop_hdlc_segments(self, events: list[Event]) -> None:
         if self._hdlc_segments:
@@ -239,30 +244,28 @@ class Decoder:
             self._hdlc_raw.clear()
             events.append(self._undecoded("hdlc", "segment_lost", "segmented message lost a segment", raw))
 
-    def _on_mbus(self, events: list[Event], frame: bytes) -> bool:
+    def _on_mbus(self, events: list[Event], frame: bytes) -> tuple[Layer, str, str] | None:
         if not mbus.checksum_ok(frame):
             self._drop_mbus_segments(events)
-            events.append(self._undecoded("mbus", "checksum_error", "M-Bus checksum or stop byte wrong", frame))
-            return False
+            return "mbus", "checksum_error", "M-Bus checksum or stop byte wrong"
         self.counters["frames"] += 1
         parsed = mbus.parse(frame)
         if parsed.sequence != len(self._mbus_segments):
             self._drop_mbus_segments(events)
             if parsed.sequence != 0:
-                events.append(
-                    self._undecoded("mbus", "segment_lost", f"segment {parsed.sequence} without its predecessors", frame)
-                )
-                return True
+                detail = f"segment {parsed.sequence} without its predecessors"
+                events.append(self._undecoded("mbus", "segment_lost", detail, frame))
+                return None
         self._mbus_segments.append(parsed.payload)
         self._mbus_raw.append(frame)
         if not parsed.final:
-            return True
+            return None
         apdu = b"".join(self._mbus_segments)
         raw = b"".join(self._mbus_raw)
         self._mbus_segments.clear()
         self._mbus_raw.clear()
         self._on_apdu(events, apdu, raw, "mbus")
-        return True
+        return None
 
     def _drop_mbus_segments(self, events: list[Event]) -> None:
         if self._mbus_segments:
@@ -271,27 +274,33 @@ class Decoder:
             self._mbus_raw.clear()
             events.append(self._undecoded("mbus", "segment_lost", "segmented message lost a segment", raw))
 
-    def _on_dsmr(self, events: list[Event], telegram: bytes) -> bool:
+    def _on_dsmr(self, events: list[Event], telegram: bytes) -> None:
         self.counters["frames"] += 1
         event = dsmr.parse_telegram(
             telegram, standard_offset_minutes=self._dsmr_offset, require_crc=self._require_crc
         )
         self._emit(events, event)
-        return True
 
     def _on_bare_apdu(self, events: list[Event], frame: bytes, buf: bytearray, start: int, end: int) -> bool:
         # A strong frame hidden inside means this "APDU" was line noise that happened to parse.
-        search = stream.CANDIDATE.search
-        pos = start + 1
-        while (match := search(buf, pos, end)) is not None:
-            candidate = match.start()
-            if stream.is_strong_start(buf, candidate):
-                self._add_noise(events, start, candidate)
-                return False
-            pos = candidate + 1
+        inner = self._strong_start_within(buf, start + 1, end)
+        if inner is not None:
+            self._add_noise(events, start, inner)
+            return False
         self.counters["frames"] += 1
         self._on_apdu(events, frame, frame, "apdu")
         return True
+
+    @staticmethod
+    def _strong_start_within(buf: bytearray, start: int, end: int) -> int | None:
+        """Offset of the first strong frame start (header checked) in buf[start:end], if any."""
+        search = stream.CANDIDATE.search
+        while (match := search(buf, start, end)) is not None:
+            candidate = match.start()
+            if stream.is_strong_start(buf, candidate):
+                return candidate
+            start = candidate + 1
+        return None
 
     # ------------------------------------------------------------------------------------ APDUs
     def _on_apdu(
@@ -366,7 +375,7 @@ class Decoder:
                 self._undecoded(
                     "cipher",
                     NO_KEY,
-                    f"encrypted APDU (security control 0x{header.security_control:02X}) and no key configured",
+                    f"encrypted APDU (security control 0x{header.security_control:02X}), no key configured",
                     raw,
                     title,
                     counter,

@@ -50,7 +50,7 @@ class GloHeader:
         return self.system_title.hex().upper()
 
 
-def header_extent(buf: bytes | bytearray, start: int) -> int | None | bool:
+def header_extent(buf: bytes | bytearray, start: int) -> int | bool | None:
     """End offset of a general-glo-ciphering APDU at `start`, None if more bytes are needed, False if
     the bytes cannot be one (used by the stream layer on bare APDUs)."""
     end = len(buf)
@@ -132,7 +132,9 @@ def decrypt(
     body = apdu[header.body_start : header.end]
     iv = header.system_title + header.invocation_counter.to_bytes(4, "big")
     if len(iv) != 12:
-        raise CipherError("bad_header", f"system title of {len(header.system_title)} bytes gives no 12-byte IV")
+        raise CipherError(
+            "bad_header", f"system title of {len(header.system_title)} bytes gives no 12-byte IV"
+        )
     authenticated = bool(sc & SC_AUTHENTICATED)
     encrypted = bool(sc & SC_ENCRYPTED)
     if authenticated:
@@ -159,5 +161,7 @@ def decrypt(
         raise CipherError("wrong_key", "the encryption key does not fit this meter (GCM tag and content)")
     plaintext = _ctr_decrypt(encryption_key, iv, body)
     if not plausible(plaintext):
-        raise CipherError("wrong_key", "decrypted content is not a DLMS APDU: the encryption key does not fit")
+        raise CipherError(
+            "wrong_key", "decrypted content is not a DLMS APDU: the encryption key does not fit"
+        )
     return plaintext

@@ -38,7 +38,7 @@ def _address_end(buf: bytes | bytearray, start: int, limit: int) -> int:
     return -1 if stop < start + MAX_ADDRESS_BYTES else -2
 
 
-def parse_header(buf: bytes | bytearray, start: int) -> HdlcHeader | None | bool:
+def parse_header(buf: bytes | bytearray, start: int) -> HdlcHeader | bool | None:
     """Check an HDLC header at `buf[start]` (the opening flag).
 
     Returns the header when format and HCS are valid, None when more bytes are needed, and False when

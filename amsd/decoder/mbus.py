@@ -31,7 +31,7 @@ class MbusFrame:
         return self.ci & 0x0F
 
 
-def frame_length(buf: bytes | bytearray, start: int) -> int | None | bool:
+def frame_length(buf: bytes | bytearray, start: int) -> int | bool | None:
     """Total length of the long frame starting at `buf[start]` (0x68).
 
     None: more bytes needed to tell. False: not a long-frame header.

@@ -39,13 +39,28 @@ class Kind(Enum):
 
 # Fixed sizes of A-XDR data after the tag; None = variable (handled explicitly).
 _FIXED: Final[dict[int, int]] = {
-    0: 0, 3: 1, 5: 4, 6: 4, 13: 1, 15: 1, 16: 2, 17: 1, 18: 2, 20: 8, 21: 8, 22: 1,
-    23: 4, 24: 8, 25: 12, 26: 5, 27: 4,
+    0: 0,
+    3: 1,
+    5: 4,
+    6: 4,
+    13: 1,
+    15: 1,
+    16: 2,
+    17: 1,
+    18: 2,
+    20: 8,
+    21: 8,
+    22: 1,
+    23: 4,
+    24: 8,
+    25: 12,
+    26: 5,
+    27: 4,
 }
 _STRINGS: Final = frozenset((9, 10, 12))
 
 
-def axdr_extent(buf: bytes | bytearray, pos: int) -> int | None | bool:
+def axdr_extent(buf: bytes | bytearray, pos: int) -> int | bool | None:
     """End offset of one A-XDR element at `pos`: None if incomplete, False if not A-XDR.
 
     Only measures: no values are built. Iterative so hostile nesting cannot exhaust the stack.
@@ -87,7 +102,7 @@ def axdr_extent(buf: bytes | bytearray, pos: int) -> int | None | bool:
     return pos if pos <= end else None
 
 
-def notification_extent(buf: bytes | bytearray, start: int) -> int | None | bool:
+def notification_extent(buf: bytes | bytearray, start: int) -> int | bool | None:
     """End offset of a data-notification APDU (0x0F) at `start`."""
     end = len(buf)
     pos = start + 5  # tag + long-invoke-id-and-priority
@@ -111,7 +126,7 @@ def notification_extent(buf: bytes | bytearray, start: int) -> int | None | bool
     return axdr_extent(buf, pos)
 
 
-def bare_apdu_extent(buf: bytes | bytearray, start: int) -> int | None | bool:
+def bare_apdu_extent(buf: bytes | bytearray, start: int) -> int | bool | None:
     pos = start
     if bytes(buf[pos : pos + 3]) in LLC_HEADERS:
         pos += 3
@@ -127,7 +142,7 @@ def bare_apdu_extent(buf: bytes | bytearray, start: int) -> int | None | bool:
     return False
 
 
-def probe(buf: bytes | bytearray, start: int, final: bool = False) -> tuple[Kind, int] | None | bool:
+def probe(buf: bytes | bytearray, start: int, final: bool = False) -> tuple[Kind, int] | bool | None:
     """What starts at `buf[start]`: (kind, end offset) for a complete frame, None if more bytes are
     needed to tell, False if nothing does. Integrity beyond the header is checked by the caller."""
     first = buf[start]
@@ -158,7 +173,7 @@ def probe(buf: bytes | bytearray, start: int, final: bool = False) -> tuple[Kind
     return (Kind.APDU, extent) if extent <= len(buf) else None
 
 
-def _dsmr_extent(buf: bytes | bytearray, start: int, final: bool) -> tuple[Kind, int] | None | bool:
+def _dsmr_extent(buf: bytes | bytearray, start: int, final: bool) -> tuple[Kind, int] | bool | None:
     if DSMR_IDENT.match(buf, start) is None:
         return None if DSMR_IDENT_PREFIX.match(buf, start) and not final else False
     limit = min(len(buf), start + MAX_DSMR_TELEGRAM)
