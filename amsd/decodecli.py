@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import re
 import sys
 from collections.abc import Iterable
@@ -144,12 +146,17 @@ def decode_command(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     events = decoder.feed(line) + decoder.flush()
     out = sys.stdout
-    if args.json:
-        for event in events:
-            out.write(json.dumps(event_json(event), ensure_ascii=False) + "\n")
-    else:
-        if not events:
-            print("no frames found", file=out)
-        print_table(events, out)
-    out.flush()
+    try:
+        if args.json:
+            for event in events:
+                out.write(json.dumps(event_json(event), ensure_ascii=False) + "\n")
+        else:
+            if not events:
+                print("no frames found", file=out)
+            print_table(events, out)
+        out.flush()
+    except BrokenPipeError:
+        # The reader went away (`amsd decode ... | head`): not an error of ours.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_OK
