@@ -1,0 +1,299 @@
+"""The MQTT publisher: one task owns the client, the connection, the LWT and the outbox.
+
+Readers and pipelines never wait for MQTT: they call `Publisher.submit()`, which only appends to a
+bounded in-memory queue. This task delivers the queue in order with QoS 1, several messages in flight
+at a time. While the broker is unreachable, and whenever the queue overflows, persistent messages
+(readings, raw frames) move to the SQLite outbox; after a reconnect the outbox is replayed in order,
+each message deleted only once the broker acknowledged it, and then live traffic continues.
+Live-only messages (the per-value topics) are not stored: their next value replaces them.
+
+aiomqtt 2.x has no automatic reconnect, and a clean disconnect does not send the LWT, so this module
+reconnects itself (backoff 1 s doubling to 30 s, with jitter) and publishes `offline` on stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import ssl
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import aiomqtt
+
+from amsd.log import get_logger
+from amsd.outbox import Outbox
+
+log = get_logger("amsd.publish")
+
+BACKOFF_INITIAL_S: Final = 1.0
+BACKOFF_MAX_S: Final = 30.0
+BATCH: Final = 200  # messages in flight per round
+PUBLISH_TIMEOUT_S: Final = 10.0
+ONLINE: Final = b"online"
+OFFLINE: Final = b"offline"
+
+
+@dataclass(frozen=True, slots=True)
+class OutMessage:
+    topic: str
+    payload: bytes
+    retain: bool = False
+    # Kept in the outbox while the broker is away (readings, raw frames); otherwise dropped then.
+    persistent: bool = True
+
+
+@dataclass(slots=True)
+class PublisherSettings:
+    host: str = "localhost"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    client_id: str = "amsd"
+    topic_prefix: str = "amsd"
+    qos: int = 1
+    protocol: str = "3.1.1"
+    keepalive: int = 30
+    tls: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_insecure: bool = False
+    discovery_prefix: str | None = "homeassistant"  # None: no Home Assistant discovery
+
+    @property
+    def status_topic(self) -> str:
+        return f"{self.topic_prefix}/status"
+
+
+class Publisher:
+    """Deliver messages to the broker in order; never block the caller.
+
+    `on_connect` returns messages to (re)send on every connection before anything else: retained
+    availability and diagnostics, Home Assistant discovery. It is called again when Home Assistant
+    announces `online` on `<discovery_prefix>/status`.
+    """
+
+    def __init__(
+        self,
+        settings: PublisherSettings,
+        outbox: Outbox,
+        *,
+        queue_size: int = 20_000,
+        on_connect: Callable[[], Iterable[OutMessage]] | None = None,
+        backoff_initial: float = BACKOFF_INITIAL_S,
+        backoff_max: float = BACKOFF_MAX_S,
+    ) -> None:
+        self.settings = settings
+        self.outbox = outbox
+        self.queue_size = queue_size
+        self._queue: deque[OutMessage] = deque()
+        self._wake = asyncio.Event()
+        self._on_connect = on_connect
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self.published = 0
+        self.outboxed = 0
+        self.dropped_live = 0
+        self.reconnects = 0
+        self.last_error: str | None = None
+
+    # ------------------------------------------------------------------------------- interface
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    def submit(self, message: OutMessage) -> None:
+        """Queue a message; returns at once. Overflow spills the oldest to the outbox."""
+        queue = self._queue
+        queue.append(message)
+        if len(queue) > self.queue_size:
+            self._spill(len(queue) - self.queue_size // 2)
+        self._wake.set()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "mqtt_connected": self.connected,
+            "published": self.published,
+            "outboxed": self.outboxed,
+            "outbox_depth": self.outbox.depth,
+            "dropped": self.outbox.dropped + self.dropped_live,
+            "queue_depth": len(self._queue),
+            "reconnects": self.reconnects,
+        }
+
+    def start(self) -> asyncio.Task[None]:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="amsd-publisher")
+        return self._task
+
+    async def stop(self, timeout: float = 6.0) -> None:
+        """Deliver what is queued (or store it in the outbox), publish `offline`, disconnect."""
+        self._stopping = True
+        self._wake.set()
+        task = self._task
+        if task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._spill(len(self._queue))
+        self.outbox.close()
+
+    # ------------------------------------------------------------------------------- internals
+    def _spill(self, count: int) -> None:
+        """Move the `count` oldest queued messages to the outbox (live-only ones are dropped)."""
+        queue = self._queue
+        rows = []
+        for _ in range(min(count, len(queue))):
+            message = queue.popleft()
+            if message.persistent:
+                rows.append((message.topic, message.payload, self.settings.qos, message.retain))
+            else:
+                self.dropped_live += 1
+        if rows:
+            self.outbox.append_many(rows)
+            self.outboxed += len(rows)
+
+    def _client(self) -> aiomqtt.Client:
+        s = self.settings
+        tls_params = None
+        if s.tls or s.tls_ca_file or s.tls_cert_file:
+            tls_params = aiomqtt.TLSParameters(
+                ca_certs=s.tls_ca_file,
+                certfile=s.tls_cert_file,
+                keyfile=s.tls_key_file,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        return aiomqtt.Client(
+            s.host,
+            s.port,
+            username=s.username,
+            password=s.password,
+            identifier=s.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if s.protocol == "5" else aiomqtt.ProtocolVersion.V311,
+            will=aiomqtt.Will(s.status_topic, OFFLINE, qos=1, retain=True),
+            keepalive=s.keepalive,
+            tls_params=tls_params,
+            tls_insecure=s.tls_insecure if tls_params else None,
+            timeout=10.0,
+            max_inflight_messages=BATCH,
+            logger=_quiet_paho_logger(),
+        )
+
+    async def _run(self) -> None:
+        delay = self._backoff_initial
+        while True:
+            try:
+                async with self._client() as client:
+                    self._connected.set()
+                    delay = self._backoff_initial
+                    log.info("mqtt connected", host=self.settings.host, port=self.settings.port)
+                    await self._session(client)
+                    await client.publish(self.settings.status_topic, OFFLINE, qos=1, retain=True, timeout=2.0)
+                self._connected.clear()
+                return  # clean stop
+            except aiomqtt.MqttError as exc:
+                self._connected.clear()
+                self.last_error = str(exc)
+                self.reconnects += 1
+                # Keep nothing persistent only in memory while the broker is away: a restart would lose it.
+                self._spill(len(self._queue))
+                if self._stopping:
+                    return
+                log.warning(
+                    "mqtt unavailable, retrying",
+                    host=self.settings.host,
+                    port=self.settings.port,
+                    error=str(exc),
+                    retry_in_s=round(delay, 1),
+                    outbox_depth=self.outbox.depth,
+                    rate_key="mqtt",
+                )
+                self._wake.clear()
+                # Sleep with jitter, but wake early to stop.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wait_stop(), delay * random.uniform(0.8, 1.2))
+                if self._stopping:
+                    self._spill(len(self._queue))
+                    return
+                delay = min(delay * 2, self._backoff_max)
+
+    async def _wait_stop(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            await self._wake.wait()
+            # While disconnected, new messages go straight to the outbox.
+            self._spill(len(self._queue))
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        qos = self.settings.qos
+        await client.publish(self.settings.status_topic, ONLINE, qos=1, retain=True, timeout=PUBLISH_TIMEOUT_S)
+        listener: asyncio.Task[None] | None = None
+        if self.settings.discovery_prefix:
+            await client.subscribe(f"{self.settings.discovery_prefix}/status", qos=1)
+            listener = asyncio.create_task(self._listen(client), name="amsd-ha-status")
+        try:
+            await self._send_connect_messages(client)
+            while True:
+                # The outbox holds the oldest messages: it always goes first.
+                while self.outbox.depth:
+                    stored = self.outbox.peek(BATCH)
+                    await self._publish_all(client, [(m.topic, m.payload, m.retain) for m in stored], qos)
+                    self.outbox.remove(m.id for m in stored)
+                if not self._queue:
+                    if self._stopping:
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
+                try:
+                    await self._publish_all(client, [(m.topic, m.payload, m.retain) for m in batch], qos)
+                except BaseException:
+                    self._queue.extendleft(reversed(batch))  # undelivered: keep order for the retry
+                    raise
+        finally:
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await listener
+
+    async def _publish_all(self, client: aiomqtt.Client, batch: list[tuple[str, bytes, bool]], qos: int) -> None:
+        await asyncio.gather(
+            *(client.publish(t, p, qos=qos, retain=r, timeout=PUBLISH_TIMEOUT_S) for t, p, r in batch)
+        )
+        self.published += len(batch)
+
+    async def _send_connect_messages(self, client: aiomqtt.Client) -> None:
+        if self._on_connect is None:
+            return
+        messages = list(self._on_connect())
+        await self._publish_all(client, [(m.topic, m.payload, m.retain) for m in messages], 1)
+
+    async def _listen(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            if message.payload == ONLINE:
+                # Home Assistant restarted: re-send discovery after a random delay, as it asks.
+                await asyncio.sleep(random.uniform(0.0, 5.0))
+                await self._send_connect_messages(client)
+
+
+def _quiet_paho_logger() -> Any:
+    import logging
+
+    logger = logging.getLogger("amsd.paho")
+    logger.setLevel(logging.WARNING)
+    return logger
