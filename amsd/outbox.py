@@ -88,9 +88,7 @@ class Outbox:
             self.depth += len(rows)
             overflow = self.depth - self.max_messages
             if overflow > 0:
-                db.execute(
-                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)", (overflow,)
-                )
+                db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)", (overflow,))
                 self.depth -= overflow
                 self.dropped += overflow
                 db.execute(

@@ -272,9 +272,7 @@ class Publisher:
                     await listener
 
     async def _publish_all(self, client: aiomqtt.Client, batch: list[tuple[str, bytes, bool]], qos: int) -> None:
-        await asyncio.gather(
-            *(client.publish(t, p, qos=qos, retain=r, timeout=PUBLISH_TIMEOUT_S) for t, p, r in batch)
-        )
+        await asyncio.gather(*(client.publish(t, p, qos=qos, retain=r, timeout=PUBLISH_TIMEOUT_S) for t, p, r in batch))
         self.published += len(batch)
 
     async def _send_connect_messages(self, client: aiomqtt.Client) -> None:
@@ -294,6 +292,7 @@ class Publisher:
 def _quiet_paho_logger() -> Any:
     import logging
 
+    # paho warns about every queue of pending publishes, which is our normal pipelining.
     logger = logging.getLogger("amsd.paho")
-    logger.setLevel(logging.WARNING)
+    logger.setLevel(logging.ERROR)
     return logger

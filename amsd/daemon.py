@@ -1,0 +1,202 @@
+"""`amsd run`: one reader per meter, one pipeline per meter, one publisher; systemd integration."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from amsd import sdnotify
+from amsd.log import get_logger
+
+if TYPE_CHECKING:
+    from amsd.config import AmsdConfig, MeterConfig
+    from amsd.pipeline import MeterPipeline
+    from amsd.publish import OutMessage, Publisher, PublisherSettings
+    from amsd.reader import LineReader, Validator
+
+log = get_logger("amsd.daemon")
+
+DIAGNOSTICS_INTERVAL_S = 60.0
+STOP_TIMEOUT_S = 8.0  # SIGTERM must end the process within 10 s
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from amsd.config import ConfigError, load_config, validate_for_run
+    from amsd.log import configure_logging
+
+    try:
+        config = load_config(args.config)
+        validate_for_run(config)
+    except ConfigError as exc:
+        print(f"amsd: config error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log.level, config.log.format)
+    try:
+        return asyncio.run(Daemon(config).run())
+    except KeyboardInterrupt:
+        return 0
+
+
+def publisher_settings(config: AmsdConfig) -> PublisherSettings:
+    from amsd.publish import PublisherSettings
+
+    mqtt = config.mqtt
+    tls = mqtt.tls
+    return PublisherSettings(
+        host=mqtt.host,
+        port=mqtt.port,
+        username=mqtt.username,
+        password=mqtt.password.get_secret_value() if mqtt.password is not None else None,
+        client_id=mqtt.client_id,
+        topic_prefix=mqtt.topic_prefix,
+        qos=mqtt.qos,
+        protocol=mqtt.protocol,
+        keepalive=mqtt.keepalive,
+        tls=tls is not None,
+        tls_ca_file=str(tls.ca_file) if tls and tls.ca_file else None,
+        tls_cert_file=str(tls.cert_file) if tls and tls.cert_file else None,
+        tls_key_file=str(tls.key_file) if tls and tls.key_file else None,
+        tls_insecure=bool(tls and tls.insecure),
+        discovery_prefix=config.homeassistant.discovery_prefix if config.homeassistant.enabled else None,
+    )
+
+
+class Daemon:
+    """Owns the tasks of `amsd run`; `run()` returns the exit code."""
+
+    def __init__(self, config: AmsdConfig, *, publisher: Publisher | None = None) -> None:
+        from amsd.decoder import Decoder
+        from amsd.outbox import Outbox
+        from amsd.pipeline import MeterOptions, MeterPipeline
+        from amsd.publish import Publisher
+
+        self.config = config
+        if publisher is None:
+            publisher = Publisher(
+                publisher_settings(config),
+                Outbox(config.outbox.path, config.outbox.max_messages),
+                on_connect=self._on_connect,
+            )
+        self.publisher = publisher
+        self.pipelines: list[MeterPipeline] = []
+        self.readers: list[LineReader] = []
+        self._stop = asyncio.Event()
+        discovery = config.homeassistant.discovery_prefix if config.homeassistant.enabled else None
+        for meter in config.meters:
+            decoder = Decoder(
+                meter.encryption_key.get_secret_value() if meter.encryption_key else None,
+                meter.authentication_key.get_secret_value() if meter.authentication_key else None,
+                profile=meter.profile,
+            )
+            options = MeterOptions(
+                name=meter.name,
+                topic_prefix=config.mqtt.topic_prefix,
+                publish_raw=meter.publish_raw,
+                payload_format=config.mqtt.payload_format,
+                retain_values=config.mqtt.retain_values,
+                discovery_prefix=discovery,
+            )
+            pipeline = MeterPipeline(options, decoder, self.publisher.submit)
+            pipeline.on_change = self._make_change_hook(pipeline)
+            self.pipelines.append(pipeline)
+            self.readers.append(self._reader(meter, pipeline))
+
+    def _reader(self, meter: MeterConfig, pipeline: MeterPipeline) -> LineReader:
+        from amsd.decoder import Decoder, Reading, UndecodedFrame
+        from amsd.reader import LineReader, LineSettings, auto_candidates
+
+        candidates = None
+        baudrate = 2400
+        if meter.baudrate == "auto":
+            candidates = auto_candidates(meter.port)
+        else:
+            baudrate = int(meter.baudrate)
+        key = meter.encryption_key.get_secret_value() if meter.encryption_key else None
+
+        def new_validator() -> Validator:
+            decoder = Decoder(key)
+
+            def valid(chunk: bytes) -> bool:
+                return any(
+                    isinstance(e, Reading) or (isinstance(e, UndecodedFrame) and e.layer == "cipher")
+                    for e in decoder.feed(chunk)
+                )
+
+            return valid
+
+        return LineReader(
+            LineSettings(meter.port, baudrate, meter.parity, meter.bytesize, meter.stopbits),
+            pipeline.on_data,
+            on_state=pipeline.on_state,
+            on_silent=pipeline.on_silent,
+            idle_timeout=meter.idle_timeout_s,
+            candidates=candidates,
+            new_validator=new_validator if candidates else None,
+        )
+
+    def _make_change_hook(self, pipeline: MeterPipeline) -> Callable[[], None]:
+        def changed() -> None:
+            self.publisher.submit(pipeline.diagnostics_message(self.publisher.stats()))
+
+        return changed
+
+    def _on_connect(self) -> Iterator[OutMessage]:
+        """Retained state to (re)send on every connection: availability, diagnostics, discovery."""
+        stats = self.publisher.stats()
+        for pipeline in self.pipelines:
+            if pipeline.available is not None:
+                yield pipeline.availability_message()
+            yield pipeline.diagnostics_message(stats)
+            message = pipeline.discovery_message()
+            if message is not None:
+                yield message
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        self.publisher.start()
+        for reader in self.readers:
+            reader.start()
+        meters = ", ".join(f"{m.name}={m.port}" for m in self.config.meters)
+        log.info("amsd running", meters=meters, broker=f"{self.config.mqtt.host}:{self.config.mqtt.port}")
+        sdnotify.ready()
+        sdnotify.status(f"reading {len(self.readers)} meter(s)")
+        ticker = asyncio.create_task(self._periodic(), name="amsd-periodic")
+        await self._stop.wait()
+        log.info("stopping")
+        sdnotify.stopping()
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        await asyncio.gather(*(reader.stop() for reader in self.readers), return_exceptions=True)
+        for pipeline in self.pipelines:
+            pipeline.flush()
+        await self.publisher.stop(timeout=STOP_TIMEOUT_S - 2)
+        log.info("stopped")
+        return 0
+
+    async def _periodic(self) -> None:
+        """Diagnostics every 60 s and the systemd watchdog ping."""
+        watchdog = sdnotify.watchdog_interval()
+        tick = min(watchdog or DIAGNOSTICS_INTERVAL_S, DIAGNOSTICS_INTERVAL_S)
+        elapsed = 0.0
+        while True:
+            await asyncio.sleep(tick)
+            elapsed += tick
+            if watchdog is not None:
+                sdnotify.watchdog()
+            if elapsed >= DIAGNOSTICS_INTERVAL_S:
+                elapsed = 0.0
+                stats = self.publisher.stats()
+                for pipeline in self.pipelines:
+                    self.publisher.submit(pipeline.diagnostics_message(stats))

@@ -1,0 +1,215 @@
+"""Per-meter pipeline: bytes from the reader -> decoder -> MQTT messages for the publisher.
+
+Everything here is synchronous and fast: `on_data` runs inside the reader's callback, so it must
+never wait. Messages go to `Publisher.submit`, which only queues them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from amsd import homeassistant, payloads
+from amsd.decoder import Decoder, Event, Reading, UndecodedFrame
+from amsd.publish import OutMessage
+
+# Undecoded error codes grouped into the diagnostics counters of DESIGN.md section 3.
+_CRC_ERRORS = frozenset(("fcs_error", "checksum_error", "crc_mismatch", "cut_short"))
+_DECRYPT_ERRORS = frozenset(("no_key", "wrong_key", "tag_mismatch"))
+# Readings without a meter id after which Home Assistant discovery uses the configured name.
+ANNOUNCE_WITHOUT_ID_AFTER = 10
+
+
+@dataclass(slots=True)
+class MeterOptions:
+    name: str
+    topic_prefix: str = "amsd"
+    publish_raw: Literal["errors", "all"] = "errors"
+    payload_format: Literal["amsd", "amsreader"] = "amsd"
+    retain_values: bool = False
+    discovery_prefix: str | None = "homeassistant"
+
+
+class MeterPipeline:
+    """Decode one meter's line and turn events into messages."""
+
+    def __init__(
+        self,
+        options: MeterOptions,
+        decoder: Decoder,
+        submit: Callable[[OutMessage], None],
+        *,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_reading: Callable[[Reading], None] | None = None,
+    ) -> None:
+        self.options = options
+        self.decoder = decoder
+        self._submit = submit
+        self._now = wall_clock
+        self._on_reading = on_reading
+        base = f"{options.topic_prefix}/{options.name}"
+        self.topics = {
+            "state": f"{base}/state",
+            "obis": f"{base}/obis",
+            "raw": f"{base}/raw",
+            "availability": f"{base}/availability",
+            "diagnostics": f"{base}/diagnostics",
+        }
+        self._value_topic = f"{base}/"
+        self.counters: dict[str, int] = {
+            "frames_ok": 0,
+            "crc_errors": 0,
+            "decrypt_errors": 0,
+            "unknown": 0,
+            "noise": 0,
+            "truncated": 0,
+        }
+        self.serial_state = "connecting"
+        self.serial_detail: str | None = None
+        self.available: bool | None = None
+        self._last_frame_monotonic: float | None = None
+        self._last_counter: dict[str, float] = {}
+        self._announced: tuple[str | None, tuple[str, ...]] | None = None
+        self._identity: tuple[str | None, str | None, str | None] = (None, None, None)
+        self.on_change: Callable[[], None] | None = None  # diagnostics changed state
+        self._readings_without_id = 0
+
+    # ------------------------------------------------------------------------------- reader side
+    def on_data(self, chunk: bytes) -> None:
+        for event in self.decoder.feed(chunk):
+            self.handle(event)
+
+    def flush(self) -> None:
+        """End of the line (stop): report bytes still buffered."""
+        for event in self.decoder.flush():
+            self.handle(event)
+
+    def on_silent(self, silent: bool) -> None:
+        self.set_available(not silent)
+
+    def on_state(self, state: str, detail: str | None) -> None:
+        if state != self.serial_state:
+            self.serial_state = state
+            self.serial_detail = detail
+            if state != "open":
+                self.set_available(False)
+            if self.on_change is not None:
+                self.on_change()
+
+    # ------------------------------------------------------------------------------- events
+    def handle(self, event: Event) -> None:
+        received = self._now()
+        if isinstance(event, Reading):
+            self._reading(event, received)
+        else:
+            self._undecoded(event, received)
+
+    def _reading(self, reading: Reading, received: datetime) -> None:
+        self.counters["frames_ok"] += 1
+        self._last_frame_monotonic = time.monotonic()
+        submit = self._submit
+        values = payloads.readable_values(reading)
+        if self.options.payload_format == "amsreader":
+            submit(OutMessage(self.topics["state"], payloads.amsreader_payload(reading, values)))
+        else:
+            submit(OutMessage(self.topics["state"], payloads.state_payload(reading, received, values)))
+        submit(OutMessage(self.topics["obis"], payloads.obis_payload(reading, received)))
+        retain = self.options.retain_values
+        for key, value in values.items():
+            if key in payloads.COUNTER_KEYS:
+                # Home Assistant's total_increasing takes any drop for a meter reset; a glitchy 0
+                # would ruin long-term statistics. state/obis still carry what the meter sent.
+                last = self._last_counter.get(key)
+                if last is not None and value < last:
+                    continue
+                self._last_counter[key] = value
+            submit(OutMessage(self._value_topic + key, payloads.value_payload(value), retain, persistent=False))
+        if self.options.publish_raw == "all":
+            submit(OutMessage(self.topics["raw"], payloads.raw_payload(reading.raw, received, "frame", None, None)))
+        self.set_available(True)
+        if reading.meter_id or reading.model:
+            self._identity = (reading.meter_id, reading.manufacturer, reading.model)
+        self._announce(values)
+        if self._on_reading is not None:
+            self._on_reading(reading)
+
+    def _undecoded(self, frame: UndecodedFrame, received: datetime) -> None:
+        error = frame.error
+        if error in _CRC_ERRORS:
+            self.counters["crc_errors"] += 1
+        elif error in _DECRYPT_ERRORS or frame.layer == "cipher":
+            self.counters["decrypt_errors"] += 1
+        elif error == "noise":
+            self.counters["noise"] += 1
+        elif error == "truncated":
+            self.counters["truncated"] += 1
+        else:
+            self.counters["unknown"] += 1
+        self._submit(OutMessage(self.topics["raw"], payloads.undecoded_payload(frame, received)))
+
+    # ------------------------------------------------------------------------------- state
+    def set_available(self, available: bool) -> None:
+        if available != self.available:
+            self.available = available
+            self._submit(self.availability_message())
+            if self.on_change is not None:
+                self.on_change()
+
+    def availability_message(self) -> OutMessage:
+        payload = b"online" if self.available else b"offline"
+        return OutMessage(self.topics["availability"], payload, retain=True)
+
+    def diagnostics(self, publisher_stats: dict[str, Any] | None = None) -> dict[str, Any]:
+        age = None
+        if self._last_frame_monotonic is not None:
+            age = round(time.monotonic() - self._last_frame_monotonic, 1)
+        body: dict[str, Any] = dict(self.counters)
+        body["serial_state"] = self.serial_state
+        if self.serial_detail:
+            body["serial_detail"] = self.serial_detail
+        body["last_frame_age_s"] = age
+        if publisher_stats is not None:
+            body["dropped"] = publisher_stats.get("dropped", 0)
+            body["outbox_depth"] = publisher_stats.get("outbox_depth", 0)
+        return body
+
+    def diagnostics_message(self, publisher_stats: dict[str, Any] | None = None) -> OutMessage:
+        return OutMessage(self.topics["diagnostics"], payloads.dumps(self.diagnostics(publisher_stats)), retain=True)
+
+    # ------------------------------------------------------------------------------- discovery
+    def _announce(self, values: dict[str, int | float]) -> None:
+        prefix = self.options.discovery_prefix
+        if prefix is None:
+            return
+        # The device is named by the meter's serial: wait for a list that carries it (Aidon and Kaifa
+        # list 1 do not), unless the meter never sends one.
+        self._readings_without_id = 0 if self._identity[0] else self._readings_without_id + 1
+        if self._identity[0] is None and self._readings_without_id < ANNOUNCE_WITHOUT_ID_AFTER:
+            return
+        keys = tuple(sorted(set(values) | set(self._announced[1] if self._announced else ())))
+        current = (self._identity[0], keys)
+        if current == self._announced:
+            return
+        self._announced = current
+        message = self.discovery_message()
+        if message is not None:
+            self._submit(message)
+
+    def discovery_message(self) -> OutMessage | None:
+        prefix = self.options.discovery_prefix
+        if prefix is None or self._announced is None:
+            return None
+        meter_id, manufacturer, model = self._identity
+        topic, payload = homeassistant.discovery(
+            meter_name=self.options.name,
+            meter_id=meter_id,
+            manufacturer=manufacturer,
+            model=model,
+            keys=list(self._announced[1]),
+            topic_prefix=self.options.topic_prefix,
+            discovery_prefix=prefix,
+        )
+        return OutMessage(topic, payload, retain=True)
