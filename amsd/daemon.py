@@ -16,7 +16,7 @@ from amsd.log import get_logger
 if TYPE_CHECKING:
     from amsd.config import AmsdConfig, MeterConfig
     from amsd.pipeline import MeterPipeline
-    from amsd.publish import OutMessage, Publisher, PublisherSettings
+    from amsd.publish import MessageSink, OutMessage, PublisherSettings
     from amsd.reader import LineReader, Validator
 
 log = get_logger("amsd.daemon")
@@ -69,7 +69,7 @@ def publisher_settings(config: AmsdConfig) -> PublisherSettings:
 class Daemon:
     """Owns the tasks of `amsd run`; `run()` returns the exit code."""
 
-    def __init__(self, config: AmsdConfig, *, publisher: Publisher | None = None) -> None:
+    def __init__(self, config: AmsdConfig, *, publisher: MessageSink | None = None) -> None:
         from amsd.decoder import Decoder
         from amsd.outbox import Outbox
         from amsd.pipeline import MeterOptions, MeterPipeline
@@ -82,7 +82,7 @@ class Daemon:
                 Outbox(config.outbox.path, config.outbox.max_messages),
                 on_connect=self._on_connect,
             )
-        self.publisher = publisher
+        self.publisher: MessageSink = publisher
         self.pipelines: list[MeterPipeline] = []
         self.readers: list[LineReader] = []
         self._stop = asyncio.Event()

@@ -20,7 +20,7 @@ import ssl
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import aiomqtt
 
@@ -67,6 +67,18 @@ class PublisherSettings:
     @property
     def status_topic(self) -> str:
         return f"{self.topic_prefix}/status"
+
+
+class MessageSink(Protocol):
+    """What pipelines and the daemon need of a publisher (the demo prints instead of publishing)."""
+
+    def submit(self, message: OutMessage) -> None: ...
+
+    def start(self) -> asyncio.Task[None]: ...
+
+    async def stop(self, timeout: float = ...) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
 
 
 class Publisher:
