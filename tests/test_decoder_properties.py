@@ -116,7 +116,8 @@ def test_noise_between_frames_loses_no_good_frame() -> None:
     plain = [c for c in CASES if not c.data.get("encrypted") and not c.negative]
     garbage = b"\x7e\xa0\x12\x68\x05\x05\x68/\x0f\xdb\x55\xaa\x7e\x7e"
     stream = garbage.join(c.input for c in plain) + garbage
-    alone = [fingerprint(e) for c in plain for e in run(c.input, c) if isinstance(e, Reading)]
+    # Values only: one decoder stands for one meter, so ids carried over between lists may differ here.
+    alone = [fingerprint(e)[1] for c in plain for e in run(c.input, c) if isinstance(e, Reading)]
     for chunk in (0, 1, 7, 64):
-        together = [fingerprint(e) for e in run(stream, chunk=chunk) if isinstance(e, Reading)]
+        together = [fingerprint(e)[1] for e in run(stream, chunk=chunk) if isinstance(e, Reading)]
         assert together == alone

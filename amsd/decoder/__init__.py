@@ -104,9 +104,7 @@ class Decoder:
         if partial:
             events.append(self._undecoded("stream", TRUNCATED, "message incomplete at end of input", partial))
         if leftover:
-            events.append(
-                self._undecoded("stream", TRUNCATED, f"{len(leftover)} bytes left at end of input", leftover)
-            )
+            events.append(self._undecoded("stream", TRUNCATED, f"{len(leftover)} bytes left at end of input", leftover))
         return events
 
     # ------------------------------------------------------------------------------------ stream
@@ -141,21 +139,20 @@ class Decoder:
                     continue
                 break  # wait for more bytes
             if result is False:
-                if buf[start] == hdlc.FLAG and (
-                    start == self._last_frame_end or buf[start + 1 : start + 2] == b"\x7e"
-                ):
+                if buf[start] == hdlc.FLAG and (start == self._last_frame_end or buf[start + 1 : start + 2] == b"\x7e"):
                     pos = start + 1  # closing or fill flag, not noise
                     continue
                 self._add_noise(events, start, start + 1)
                 pos = start + 1
                 continue
             assert isinstance(result, tuple)
-            kind, end = result
+            kind, end, header = result
             self._flush_noise(events)
             frame = bytes(buf[start:end])
             failure: tuple[Layer, str, str] | None = None
             if kind is stream.Kind.HDLC:
-                failure = self._on_hdlc(events, frame, buf, end)
+                assert header is not None
+                failure = self._on_hdlc(events, frame, header, buf, end)
             elif kind is stream.Kind.MBUS:
                 failure = self._on_mbus(events, frame)
             elif kind is stream.Kind.DSMR:
@@ -212,10 +209,8 @@ class Decoder:
 
     # ------------------------------------------------------------------------------------ frames
     def _on_hdlc(
-        self, events: list[Event], frame: bytes, buf: bytearray, end: int
+        self, events: list[Event], frame: bytes, header: hdlc.HdlcHeader, buf: bytearray, end: int
     ) -> tuple[Layer, str, str] | None:
-        header = hdlc.parse_header(frame, 0)
-        assert isinstance(header, hdlc.HdlcHeader)
         if not hdlc.fcs_ok(frame):
             self._drop_hdlc_segments(events)
             return "hdlc", "fcs_error", "frame check sequence does not match"
@@ -276,9 +271,7 @@ class Decoder:
 
     def _on_dsmr(self, events: list[Event], telegram: bytes) -> None:
         self.counters["frames"] += 1
-        event = dsmr.parse_telegram(
-            telegram, standard_offset_minutes=self._dsmr_offset, require_crc=self._require_crc
-        )
+        event = dsmr.parse_telegram(telegram, standard_offset_minutes=self._dsmr_offset, require_crc=self._require_crc)
         self._emit(events, event)
 
     def _on_bare_apdu(self, events: list[Event], frame: bytes, buf: bytearray, start: int, end: int) -> bool:

@@ -91,9 +91,7 @@ def parse_header(apdu: bytes) -> GloHeader:
     if size < 5:
         raise CipherError("bad_header", f"declared length {size} is too short for SC and counter")
     if content + size > len(apdu):
-        raise CipherError(
-            "truncated_apdu", f"declares {size} bytes but only {len(apdu) - content} are present"
-        )
+        raise CipherError("truncated_apdu", f"declares {size} bytes but only {len(apdu) - content} are present")
     return GloHeader(
         system_title=apdu[2 : 2 + st_len],
         security_control=apdu[content],
@@ -132,9 +130,7 @@ def decrypt(
     body = apdu[header.body_start : header.end]
     iv = header.system_title + header.invocation_counter.to_bytes(4, "big")
     if len(iv) != 12:
-        raise CipherError(
-            "bad_header", f"system title of {len(header.system_title)} bytes gives no 12-byte IV"
-        )
+        raise CipherError("bad_header", f"system title of {len(header.system_title)} bytes gives no 12-byte IV")
     authenticated = bool(sc & SC_AUTHENTICATED)
     encrypted = bool(sc & SC_ENCRYPTED)
     if authenticated:
@@ -161,7 +157,5 @@ def decrypt(
         raise CipherError("wrong_key", "the encryption key does not fit this meter (GCM tag and content)")
     plaintext = _ctr_decrypt(encryption_key, iv, body)
     if not plausible(plaintext):
-        raise CipherError(
-            "wrong_key", "decrypted content is not a DLMS APDU: the encryption key does not fit"
-        )
+        raise CipherError("wrong_key", "decrypted content is not a DLMS APDU: the encryption key does not fit")
     return plaintext

@@ -77,9 +77,7 @@ _KAIFA_3P: Final = (*_KAIFA_HEAD, *_KAIFA_POWER, _I1, _I2, _I3, _U1, _U2, _U3)
 _KAIFA_3P_NO_U2: Final = (*_KAIFA_HEAD, *_KAIFA_POWER, _I1, _I2, _I3, _U1, _U3)
 _KAIFA_1P: Final = (*_KAIFA_HEAD, *_KAIFA_POWER, _I1, _U1)
 _KAIFA_LAYOUTS: Final[dict[int, tuple[bytes | None, ...]]] = {
-    len(layout): layout
-    for base in (_KAIFA_3P, _KAIFA_3P_NO_U2, _KAIFA_1P)
-    for layout in (base, (*base, *_KAIFA_LIST3))
+    len(layout): layout for base in (_KAIFA_3P, _KAIFA_3P_NO_U2, _KAIFA_1P) for layout in (base, (*base, *_KAIFA_LIST3))
 }
 _KAIFA_LIST1: Final = _KAIFA_POWER[0]
 
@@ -146,9 +144,7 @@ class DlmsInterpreter:
             )
 
     # ------------------------------------------------------------------------------------------
-    def _finish(
-        self, result: _Result, raw: bytes, system_title: str | None, invocation_counter: int | None
-    ) -> Reading:
+    def _finish(self, result: _Result, raw: bytes, system_title: str | None, invocation_counter: int | None) -> Reading:
         values, meter_id, model, list_name, manufacturer, clock = result
         if meter_id is not None:
             self._meter_id, self._model = meter_id, model
@@ -283,9 +279,7 @@ class DlmsInterpreter:
         # A date-time before the first OBIS code is the message time (Sagemcom, L+G no push list).
         fallback: tuple[int, int] | None = None
         for item, container, index in leading:
-            if isinstance(item, bytes) and (
-                type(item) is DateTime or (type(item) is bytes and len(item) == 12)
-            ):
+            if isinstance(item, bytes) and (type(item) is DateTime or (type(item) is bytes and len(item) == 12)):
                 if clock is None:
                     clock = cosem_datetime(bytes(item))
                 if offsets is not None:
@@ -326,9 +320,7 @@ _SLOT_FORMATS: Final[dict[int, str]] = {
 }
 
 
-def _locate(
-    offsets: dict[int, list[int]], container: object, index: int, size: int
-) -> tuple[int, int] | None:
+def _locate(offsets: dict[int, list[int]], container: object, index: int, size: int) -> tuple[int, int] | None:
     starts = offsets.get(id(container)) if container is not None else offsets.get(0)
     if starts is None or index >= len(starts):
         return None

@@ -19,7 +19,7 @@ MAX_ADDRESS_BYTES: Final = 4
 MIN_LENGTH: Final = 7
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class HdlcHeader:
     length: int  # bytes between the flags
     segmented: bool

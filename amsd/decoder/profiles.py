@@ -23,6 +23,7 @@ without unit (e.g. Danish Kamstrup CT meters, whose scaling is undocumented).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -151,8 +152,8 @@ def family_from_flag(flag: str) -> str | None:
 
 # Phase voltages of mains supplies lie far below this many volts; a raw voltage above it is in 0.1 V.
 MAX_PLAUSIBLE_VOLTS: Final = 1000
-# Apparent power may undershoot the active power this much through rounding of small raw currents.
-_ROUNDING_SLACK: Final = 0.8
+# How much closer (in decades of S/P) one current scale must be than the other to be chosen.
+_DECISIVE_DECADES: Final = 0.5
 
 
 def infer_swiss_scales(
@@ -165,9 +166,9 @@ def infer_swiss_scales(
     Instead of guessing the model, use what any consistent set of readings must satisfy:
 
     - a phase voltage is below 1,000 V, so larger raw voltages are in 0.1 V;
-    - per phase, |P| <= V x I, and with real loads V x I is not orders of magnitude above |P|: of the
-      candidate current scales (0.01 A, 1 A), take the one whose apparent power sum(V x I) is the
-      smallest that still covers the active power.
+    - the apparent power sum(V x I) is close to the active power |P| (power factor near 1; it is never
+      off by the factor 100 between the candidate current scales 0.01 A and 1 A): take the candidate
+      whose ratio S/P is nearest to 1 in decades, when it is clearly nearer.
 
     Returns the (possibly adjusted) table and whether the frame held enough evidence to decide (no
     evidence: all currents or the power are zero).
@@ -181,12 +182,15 @@ def infer_swiss_scales(
     if not currents or not any(currents) or active_power_w == 0 or not any(volts):
         return adjusted, False
     amp_unit, _ = table.get(Quantity.CURRENT, ("A", -2))
-    fitting = []
+    # Distance of the implied apparent/active power ratio from 1, in decades, for each candidate.
+    scores = []
     for exponent in (-2, 0):
         apparent = sum(v * i * 10.0**exponent for v, i in zip(volts, currents, strict=False))
-        if apparent >= abs(active_power_w) * _ROUNDING_SLACK:
-            fitting.append((apparent, exponent))
-    if not fitting:
-        return adjusted, False
-    adjusted[Quantity.CURRENT] = (amp_unit, min(fitting)[1])
+        if apparent <= 0:
+            return adjusted, False
+        scores.append((abs(math.log10(apparent / abs(active_power_w))), exponent))
+    scores.sort()
+    if scores[1][0] - scores[0][0] < _DECISIVE_DECADES:
+        return adjusted, False  # too close to call (a very poor power factor): keep the default
+    adjusted[Quantity.CURRENT] = (amp_unit, scores[0][1])
     return adjusted, True

@@ -23,6 +23,7 @@ DSMR_IDENT: Final = re.compile(rb"/[A-Za-z]{3}[^\r\n]{1,96}\r?\n")
 DSMR_IDENT_PREFIX: Final = re.compile(rb"/(?:[A-Za-z]{0,2}|[A-Za-z]{3}[^\r\n]{0,96}\r?)\Z")
 DSMR_END: Final = re.compile(rb"![0-9A-Fa-f]{0,4}\r?\n")
 DSMR_END_AT_EOF: Final = re.compile(rb"![0-9A-Fa-f]{0,4}\r?\Z")
+DSMR_CRC4: Final = re.compile(rb"![0-9A-Fa-f]{4}")
 DSMR_NEXT_IDENT: Final = re.compile(rb"\n/[A-Za-z]{3}[^\r\n]{1,96}\r?\n")
 MAX_DSMR_TELEGRAM: Final = 16384
 MAX_BARE_APDU: Final = 65536
@@ -35,6 +36,10 @@ class Kind(Enum):
     MBUS = "mbus"
     DSMR = "dsmr"
     APDU = "apdu"
+
+
+# A complete frame: its kind, its end offset, and (HDLC) the header already checked.
+Probe = tuple[Kind, int, "hdlc.HdlcHeader | None"]
 
 
 # Fixed sizes of A-XDR data after the tag; None = variable (handled explicitly).
@@ -142,8 +147,8 @@ def bare_apdu_extent(buf: bytes | bytearray, start: int) -> int | bool | None:
     return False
 
 
-def probe(buf: bytes | bytearray, start: int, final: bool = False) -> tuple[Kind, int] | bool | None:
-    """What starts at `buf[start]`: (kind, end offset) for a complete frame, None if more bytes are
+def probe(buf: bytes | bytearray, start: int, final: bool = False) -> Probe | bool | None:
+    """What starts at `buf[start]`: (kind, end offset, header) for a complete frame, None if more bytes are
     needed to tell, False if nothing does. Integrity beyond the header is checked by the caller."""
     first = buf[start]
     if first == hdlc.FLAG:
@@ -154,14 +159,14 @@ def probe(buf: bytes | bytearray, start: int, final: bool = False) -> tuple[Kind
         # The frame runs through the FCS; the closing flag stays, as it may open the next frame. Wait for
         # that flag anyway (unless the input has ended) so the frame's raw bytes always include it.
         end = start + header.length + 1
-        return (Kind.HDLC, end) if end < len(buf) or (final and end == len(buf)) else None
+        return (Kind.HDLC, end, header) if end < len(buf) or (final and end == len(buf)) else None
     if first == mbus.START:
         total = mbus.frame_length(buf, start)
         if total is None or total is False:
             return total
         assert isinstance(total, int)
         end = start + total
-        return (Kind.MBUS, end) if end <= len(buf) else None
+        return (Kind.MBUS, end, None) if end <= len(buf) else None
     if first == 0x2F:  # '/'
         return _dsmr_extent(buf, start, final)
     extent = bare_apdu_extent(buf, start)
@@ -170,26 +175,45 @@ def probe(buf: bytes | bytearray, start: int, final: bool = False) -> tuple[Kind
     assert isinstance(extent, int)
     if extent - start > MAX_BARE_APDU:
         return False
-    return (Kind.APDU, extent) if extent <= len(buf) else None
+    return (Kind.APDU, extent, None) if extent <= len(buf) else None
 
 
-def _dsmr_extent(buf: bytes | bytearray, start: int, final: bool) -> tuple[Kind, int] | bool | None:
+def _dsmr_extent(buf: bytes | bytearray, start: int, final: bool) -> Probe | bool | None:
     if DSMR_IDENT.match(buf, start) is None:
         return None if DSMR_IDENT_PREFIX.match(buf, start) and not final else False
     limit = min(len(buf), start + MAX_DSMR_TELEGRAM)
-    found = DSMR_END.search(buf, start, limit)
-    if found is None and final:
-        # The capture ended right after the CRC, without the line end.
-        found = DSMR_END_AT_EOF.search(buf, start, limit)
-    cut = DSMR_NEXT_IDENT.search(buf, start, found.start() if found else limit)
+    # The closing `!` starts a line of its own; a `!` elsewhere (line noise) does not end a telegram.
+    bang = buf.find(b"\n!", start, limit)
+    cut = DSMR_NEXT_IDENT.search(buf, start, bang if bang >= 0 else limit)
     if cut is not None:
         # A new telegram began before this one ended: this one was cut off on the line.
-        return Kind.DSMR, cut.start() + 1
-    if found is not None:
-        return Kind.DSMR, found.end()
+        return Kind.DSMR, cut.start() + 1, None
+    while bang >= 0:
+        end = _dsmr_end(buf, bang + 1, final)
+        if end is None:
+            return None
+        if end:
+            return Kind.DSMR, end, None
+        bang = buf.find(b"\n!", bang + 2, limit)
     if limit - start >= MAX_DSMR_TELEGRAM:
         return False
     return None
+
+
+def _dsmr_end(buf: bytes | bytearray, bang: int, final: bool) -> int | None:
+    """End of the `!CRC` line at `bang`; None while it may still be arriving, 0 if this is no end."""
+    found = DSMR_END.match(buf, bang)
+    if found is not None:
+        return found.end()
+    size = len(buf)
+    # Four CRC digits end the telegram even without a line end (some meters and captures omit it);
+    # look two bytes further first so that a line end that follows is included.
+    if DSMR_CRC4.match(buf, bang) is not None and (size >= bang + 7 or final):
+        return bang + 5
+    if final:
+        found = DSMR_END_AT_EOF.match(buf, bang)
+        return found.end() if found is not None else 0
+    return None if size - bang <= 7 else 0
 
 
 def is_strong_start(buf: bytes | bytearray, start: int) -> bool:
