@@ -15,9 +15,7 @@ TITLE = b"AMS\x00\x01\x02\x03\x04"
 
 
 def register(obis: str, value: enc.Data, scaler: int, unit: int) -> enc.Data:
-    return enc.structure(
-        enc.octet_string(enc.obis_code(obis)), value, enc.structure(enc.int8(scaler), enc.enum(unit))
-    )
+    return enc.structure(enc.octet_string(enc.obis_code(obis)), value, enc.structure(enc.int8(scaler), enc.enum(unit)))
 
 
 def notification(power: int = 1247, extra_items: int = 0) -> bytes:
@@ -253,10 +251,24 @@ def test_encrypted_gbt_push() -> None:
     assert power(only_reading(decode(stream, Decoder(EK, AK), chunk=11))) == 1247
 
 
-def test_bare_apdus_between_frames() -> None:
-    stream = enc.hdlc_frame(enc.llc(notification(power=1))) + ciphered() + enc.llc(notification(power=3))
+def test_bare_apdus_in_a_stream_without_envelope() -> None:
+    stream = ciphered() + enc.llc(notification(power=3)) + notification(power=4)
     events = decode(stream, Decoder(EK, AK), chunk=1)
-    assert [power(e) for e in events if isinstance(e, Reading)] == [1, 1247, 3]
+    assert [power(e) for e in events if isinstance(e, Reading)] == [1247, 3, 4]
+
+
+def test_no_bare_apdu_on_a_framed_line() -> None:
+    # Noise that hits an HDLC header hides the frame; the APDU inside it is unchecked and must not be
+    # decoded on a line known to carry HDLC frames.
+    damaged = bytearray(enc.hdlc_frame(enc.llc(notification(power=2))))
+    damaged[7] ^= 0x40  # inside the HCS
+    stream = (
+        enc.hdlc_frame(enc.llc(notification(power=1))) + bytes(damaged) + enc.hdlc_frame(enc.llc(notification(power=3)))
+    )
+    for chunk in (0, 1, 9):
+        events = decode(stream, chunk=chunk)
+        assert [power(e) for e in events if isinstance(e, Reading)] == [1, 3]
+        assert ("stream", "noise") in errors(events)
 
 
 # ------------------------------------------------------------------------------------------ DSMR

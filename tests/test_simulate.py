@@ -127,23 +127,9 @@ async def test_drop_every_closes_the_connection() -> None:
     assert server.drops == 2  # after frames 2 and 4; not after the last one
 
 
-# After an FCS error the decoder resynchronises inside the bad frame and finds the LLC + 0F APDU there,
-# which it decodes as a bare APDU without any checksum: the corrupted values come out as a reading.
-_BARE_APDU_IN_BAD_FRAME = pytest.mark.xfail(
-    reason="decoder decodes the APDU inside an HDLC frame with a bad FCS as a bare APDU", strict=False
-)
-
-
-@pytest.mark.skipif(Decoder is None, reason="amsd.decoder.Decoder is not available yet")
-@pytest.mark.parametrize(
-    "profile",
-    [
-        "lg-e450-ch",
-        "sagemcom-at",
-        "dsmr5",
-        pytest.param("kamstrup-no", marks=_BARE_APDU_IN_BAD_FRAME),
-    ],
-)
+# After an FCS error the decoder resynchronises inside the bad frame; the LLC + 0F APDU found there
+# must never be decoded as a bare APDU (that would turn the damaged values into a reading).
+@pytest.mark.parametrize("profile", ["lg-e450-ch", "sagemcom-at", "dsmr5", "kamstrup-no", "aidon-no", "kaifa-no"])
 async def test_noise_corrupts_exactly_the_reported_frames(profile: str) -> None:
     server = await serve_tcp(
         profile, speed=1000.0, pacing=False, frames=30, noise=0.4, wait_for_client=True, seed=11

@@ -71,6 +71,9 @@ class Decoder:
         self._noise = bytearray()
         self._reported_until = 0  # bytes before this offset were already reported with a bad frame
         self._last_frame_end = -1  # a 0x7E right here is the previous frame's closing flag
+        # Set once a frame with its own integrity check (HDLC, M-Bus, DSMR) decoded: from then on the
+        # line is known to be framed and bare APDUs are not looked for.
+        self._framed = False
         self._hdlc_segments: list[bytes] = []
         self._hdlc_raw: list[bytes] = []
         self._mbus_segments: list[bytes] = []
@@ -123,9 +126,11 @@ class Decoder:
             if start > pos:
                 self._add_noise(events, pos, start)
             pos = start
-            if start < self._reported_until and buf[start] not in STRONG_START_BYTES:
-                # Inside a frame that failed its check: only a frame with its own integrity check
-                # may start here, never a bare APDU (which would bring the damaged bytes back).
+            if buf[start] not in STRONG_START_BYTES and (start < self._reported_until or self._framed):
+                # Inside a frame that failed its check, or on a line that carries checked frames: only
+                # a frame with its own integrity check may start here, never a bare APDU (which could
+                # be the damaged inside of a frame whose header was hit by noise).
+                self._add_noise(events, start, start + 1)
                 pos = start + 1
                 continue
             result = stream.probe(buf, start, final)
@@ -165,6 +170,8 @@ class Decoder:
             if failure is None:
                 pos = end
                 self._last_frame_end = end
+                if kind is not stream.Kind.APDU:
+                    self._framed = True
                 continue
             # A bad frame may have been cut short on the line, with a good frame starting inside it:
             # report only the bytes before that frame, and resynchronise inside the bad one.
