@@ -14,7 +14,10 @@ from typing import Any, Literal
 
 from amsd import homeassistant, payloads
 from amsd.decoder import Decoder, Event, Reading, UndecodedFrame
+from amsd.log import get_logger
 from amsd.publish import OutMessage
+
+log = get_logger("amsd.pipeline")
 
 # Undecoded error codes grouped into the diagnostics counters of DESIGN.md section 3.
 _CRC_ERRORS = frozenset(("fcs_error", "checksum_error", "crc_mismatch", "cut_short"))
@@ -149,6 +152,17 @@ class MeterPipeline:
         else:
             self.counters["unknown"] += 1
         self._submit(OutMessage(self.topics["raw"], payloads.undecoded_payload(frame, received)))
+        if error not in ("noise", "truncated"):
+            # Rate-limited per meter and error (amsd.log): a wrong key must be visible in the journal
+            # without flooding it every two seconds. The detail never contains key material.
+            log.warning(
+                "frame not decoded",
+                meter=self.options.name,
+                layer=frame.layer,
+                error=error,
+                detail=frame.detail,
+                rate_key=f"{self.options.name}/{error}",
+            )
 
     # ------------------------------------------------------------------------------- state
     def set_available(self, available: bool) -> None:
