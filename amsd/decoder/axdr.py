@@ -29,17 +29,14 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Final, TypeAlias
 
+from amsd.decoder.errors import LayerError
+
 # Hostile input must not exhaust the stack; real push lists nest at most 3-4 levels.
 MAX_DEPTH: Final = 16
 
 
-class ApduError(Exception):
-    """Malformed or unsupported APDU. `code` is a short snake_case word, the message a short text."""
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
+class ApduError(LayerError):
+    """Malformed or unsupported APDU."""
 
 
 class Enum(int):

@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from amsd.decoder.ber import read_length
+from amsd.decoder.errors import LayerError
 
 TAG: Final = 0xDB
 TAG_LENGTH: Final = 12
@@ -30,11 +31,8 @@ SC_ENCRYPTED: Final = 0x20
 MAX_SYSTEM_TITLE: Final = 8
 
 
-class CipherError(Exception):
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
+class CipherError(LayerError):
+    """Ciphering header or decryption failed."""
 
 
 @dataclass(slots=True, frozen=True)

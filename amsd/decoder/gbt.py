@@ -11,17 +11,15 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from amsd.decoder.ber import read_length
+from amsd.decoder.errors import LayerError
 
 TAG: Final = 0xE0
 LAST_BLOCK_BIT: Final = 0x80
 MAX_MESSAGE: Final = 65536
 
 
-class GbtError(Exception):
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
+class GbtError(LayerError):
+    """A block that cannot be reassembled."""
 
 
 @dataclass(slots=True, frozen=True)
