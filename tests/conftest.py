@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiomqtt
 import pytest
+from hypothesis import settings
 
 from tests.mosquitto import MOSQUITTO, SKIP_REASON, Broker
 
@@ -76,3 +78,9 @@ async def subscriber(broker: Broker) -> AsyncIterator[Subscriber]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
             await task
+
+
+# CI runs must not depend on luck: the same examples every run (set HYPOTHESIS_PROFILE=dev to explore).
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
