@@ -8,6 +8,7 @@ reads a clock, opens a socket or logs.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Final
 
@@ -41,6 +42,14 @@ __all__ = [
 MAX_NOISE_REPORT: Final = 1024
 MAX_NESTING: Final = 4
 STRONG_START_BYTES: Final = frozenset((hdlc.FLAG, mbus.START, 0x2F))
+PLAUSIBILITY_FULL_SCAN: Final = 96
+# 0F, invoke-id(4), date-time (none / 09 0C + 12 / 0C + 12 / typed 19 + 12), then an array or a
+# structure (BER count) whose first element has a known A-XDR tag.
+_NOTIFICATION_START: Final = re.compile(
+    rb"\x0f.{4}(?:\x00|\x09\x0c.{12}|[\x0c\x19].{12})[\x01\x02](?:[\x00-\x7f]|\x81.|\x82..)"
+    rb"[\x00-\x06\x09\x0a\x0c\x0d\x0f-\x1b]",
+    re.DOTALL,
+)
 
 
 class Decoder:
@@ -417,9 +426,12 @@ def _plausible_plaintext(plaintext: bytes) -> bool:
         return False
     tag = plaintext[0]
     if tag == 0x0F:
-        # Structure only (no values built): every tag known, every length in bounds, nothing left over.
-        # Random bytes from a wrong key pass with negligible probability.
-        return stream.notification_extent(plaintext, 0) == len(plaintext)
+        if len(plaintext) <= PLAUSIBILITY_FULL_SCAN:
+            # Short: the whole structure must check out (every tag known, lengths in bounds, no rest).
+            return stream.notification_extent(plaintext, 0) == len(plaintext)
+        # Long: the header and the start of the body must look like a push. Random bytes from a wrong
+        # key pass with a probability below 1e-7; the full decode that follows checks the rest.
+        return _NOTIFICATION_START.match(plaintext) is not None
     if tag == gbt.TAG:
         try:
             gbt.parse_block(plaintext)
