@@ -1,10 +1,15 @@
 """Median microseconds per conformance case through `Decoder.feed` (bytes to events, CRC included).
 
-Usage: .venv/bin/python -m bench.decode [--cases DIR] [--repeat N] [--only SUBSTR] [--markdown]
+Usage: .venv/bin/python -m bench.decode [--repeat N] [--only SUBSTR] [--markdown] [--stream]
 
 Each case's whole input is fed to one long-lived Decoder (as on a live line) and `flush()` is called
 after it; the median over N repetitions is reported, after a warm-up. Reads the corpus at run time;
 nothing from it is stored.
+
+Feeding the same bytes again and again flatters caches (the DSMR decoder caches parsed lines by their
+text). `--stream` therefore also decodes a stream of DIFFERENT frames per simulator profile
+(`amsd.sim.meters.MeterSimulator`, pre-generated, every value changing from frame to frame, encrypted
+where the profile is): each frame is fed once, as on a live line, and the median per frame is reported.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ TARGETS_US = {
 }
 
 
+STREAM_WARMUP = 10
+
+
 def measure(case: Case, repeat: int) -> tuple[float, int]:
     decoder = Decoder(case.key, case.auth_key)
     data = case.input
@@ -52,12 +60,94 @@ def measure(case: Case, repeat: int) -> tuple[float, int]:
     return statistics.median(samples) / 1000.0, count
 
 
+def _kinds(profile: str) -> list[str]:
+    """The message kinds a profile sends (hourly lists included), in schedule order."""
+    from amsd.sim.meters import MeterSimulator
+
+    simulator = MeterSimulator(profile, seed=0)
+    kinds: list[str] = []
+    for index in range(8):
+        kind = simulator.profile.slot_kind(index, index == 0)
+        if kind not in kinds:
+            kinds.append(kind)
+    return kinds
+
+
+def measure_stream(profile: str, kind: str, frames: int, passes: int) -> tuple[int, list[int], int]:
+    """(max bytes, sorted ns samples, readings) for `frames` different frames of one message kind.
+
+    The simulator is told to send only `kind` (hourly lists would otherwise appear once an hour), with
+    values and clock advancing from frame to frame. Every pass uses a fresh decoder and a new seed, so
+    no frame is decoded twice by the same decoder. Pass 0 and the first WARMUP frames of every decoder
+    are not counted: they measure imports and first-use caches, not the steady state of a live line.
+    """
+    from amsd.sim.meters import MeterSimulator
+
+    size = 0
+    samples: list[int] = []
+    readings = 0
+    clock = time.perf_counter_ns
+    for seed in range(1, passes + 2):
+        simulator = MeterSimulator(profile, seed=seed)
+        simulator.profile.slot_kind = lambda index, hourly_due: kind  # type: ignore[method-assign]
+        stream = [simulator.next_frame().data for _ in range(frames + STREAM_WARMUP)]
+        cipher = simulator.cipher
+        # With the simulator's own keys: the GCM tag is verified wherever the profile authenticates.
+        decoder = Decoder(cipher.encryption_key, cipher.authentication_key) if cipher else Decoder()
+        feed = decoder.feed
+        gc.disable()
+        try:
+            for position, data in enumerate(stream):
+                start = clock()
+                events = feed(data)
+                elapsed = clock() - start
+                if seed == 1 or position < STREAM_WARMUP:
+                    continue
+                samples.append(elapsed)
+                size = max(size, len(data))
+                readings += sum(isinstance(e, Reading) for e in events)
+        finally:
+            gc.enable()
+    samples.sort()
+    return size, samples, readings
+
+
+def main_stream(frames: int, passes: int, markdown: bool) -> int:
+    from amsd.sim.meters import profile_names
+
+    rows = []
+    for profile in profile_names():
+        for kind in _kinds(profile):
+            size, samples, readings = measure_stream(profile, kind, frames, passes)
+            p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+            name = f"{profile} {kind}"
+            rows.append((name, size, statistics.median(samples) / 1000, p99 / 1000, readings, len(samples)))
+    if markdown:
+        print("| simulator profile, message | bytes | median us/frame | p99 us/frame | readings / frames |")
+        print("|---|---:|---:|---:|---:|")
+        for name, size, us, p99, readings, total in rows:
+            print(f"| {name} | {size} | {us:.1f} | {p99:.1f} | {readings} / {total} |")
+    else:
+        for name, size, us, p99, readings, total in rows:
+            print(f"{name:<24} {size:>5} B  median {us:>7.1f} us  p99 {p99:>7.1f} us  readings={readings}/{total}")
+    return 0 if all(r[4] == r[5] for r in rows) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=2000)
     parser.add_argument("--only", default="")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="decode streams of different simulated frames per profile instead of repeating corpus cases",
+    )
+    parser.add_argument("--frames", type=int, default=500, help="--stream: different frames per pass")
+    parser.add_argument("--passes", type=int, default=4, help="--stream: measured passes (new seed each)")
     args = parser.parse_args(argv)
+    if args.stream:
+        return main_stream(args.frames, args.passes, args.markdown)
     if corpus_dir() is None:
         print("conformance corpus not found (../shared/conformance or AMSD_CONFORMANCE_DIR)", file=sys.stderr)
         return 2
