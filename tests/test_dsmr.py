@@ -242,6 +242,35 @@ def test_literal_strings(group: str) -> None:
     assert reading(build(f"0-0:96.14.0({group})")).values["0-0:96.14.0.255"] == Value(group)
 
 
+# `_parse_line` decodes `OBIS(number*unit)` and `OBIS(timestamp)` lines without the general path;
+# both must give the same result for every line, including the near misses the fast path hands on.
+_FAST_PATH_LINES = st.builds(
+    lambda obis, content, tail: f"{obis}({content}{tail}",
+    st.sampled_from(["1-0:1.7.0", "0-0:1.0.0", "1-0:1.8.1*255", "01-0:1.8.1", "1-0:256.7.0", "", " 1-0:1.7.0"]),
+    st.one_of(
+        st.builds(
+            lambda number, unit: f"{number}*{unit}",
+            st.from_regex(r"\A[+-]?[0-9]{0,42}(\.[0-9]{0,42})?\Z"),
+            st.sampled_from([*dsmr._UNITS, "kwh", "KVAR", "lx", "", "kW ", "k*W"]),
+        ),
+        st.from_regex(r"\A[0-9]{12}[SWX]\Z"),
+        st.text(alphabet="0123456789.*-SW\u00b2\u0663 ", max_size=20),
+    ),
+    st.sampled_from([")", ")\r", ") ", ")\r\r", "", ")(1)"]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_FAST_PATH_LINES)
+def test_fast_path_agrees_with_general_path(line: str) -> None:
+    for winter, summer in (("+01:00", "+02:00"), ("-05:00", "-04:00")):
+        fast = dsmr._parse_line(line, winter, summer)
+        general = dsmr._parse_line_general(line, winter, summer)
+        assert fast == general, line
+        if fast is not None and general is not None:
+            assert type(fast[1].value) is type(general[1].value), line  # 5 and 5.0 compare equal
+
+
 def test_obis_normalisation() -> None:
     event = reading(
         build(

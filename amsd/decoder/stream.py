@@ -22,7 +22,6 @@ CANDIDATE: Final = re.compile(rb"[\x7e\x68/\xdb\x0f\xe6]")
 DSMR_IDENT: Final = re.compile(rb"/[A-Za-z]{3}[^\r\n]{1,96}\r?\n")
 DSMR_IDENT_PREFIX: Final = re.compile(rb"/(?:[A-Za-z]{0,2}|[A-Za-z]{3}[^\r\n]{0,96}\r?)\Z")
 DSMR_END: Final = re.compile(rb"![0-9A-Fa-f]{0,4}\r?\n")
-DSMR_END_AT_EOF: Final = re.compile(rb"![0-9A-Fa-f]{0,4}\r?\Z")
 DSMR_CRC4: Final = re.compile(rb"![0-9A-Fa-f]{4}")
 DSMR_NEXT_IDENT: Final = re.compile(rb"\n/[A-Za-z]{3}[^\r\n]{1,96}\r?\n")
 MAX_DSMR_TELEGRAM: Final = 16384
@@ -211,8 +210,8 @@ def _dsmr_end(buf: bytes | bytearray, bang: int, final: bool) -> int | None:
     if DSMR_CRC4.match(buf, bang) is not None and (size >= bang + 7 or final):
         return bang + 5
     if final:
-        found = DSMR_END_AT_EOF.match(buf, bang)
-        return found.end() if found is not None else 0
+        # Input ended inside the end line: `!` or a partial CRC could be a cut-off, so not an end.
+        return 0
     return None if size - bang <= 7 else 0
 
 
