@@ -396,3 +396,58 @@ def test_notification_truncated_anywhere() -> None:
     for cut in range(len(apdu)):
         with pytest.raises(ApduError):
             parse_data_notification(apdu[:cut])
+
+
+# ----------------------------------------------------------------- elements read inside containers
+# `decode_data` reads integers and short octet strings inside arrays/structures without a recursive
+# call: an element must decode the same inside a container as alone, truncated or not.
+_SCALARS = st.one_of(
+    st.integers(-(2**7), 2**7 - 1).map(i8),
+    st.integers(0, 2**8 - 1).map(u8),
+    st.integers(-(2**15), 2**15 - 1).map(i16),
+    st.integers(0, 2**16 - 1).map(u16),
+    st.integers(-(2**31), 2**31 - 1).map(i32),
+    st.integers(0, 2**32 - 1).map(u32),
+    st.integers(-(2**63), 2**63 - 1).map(i64),
+    st.integers(0, 2**64 - 1).map(u64),
+    st.floats(width=32, allow_nan=False).map(f32),
+    st.floats(allow_nan=False).map(f64),
+    st.binary(max_size=140).map(octet),
+    st.text(st.characters(max_codepoint=255), max_size=20).map(visible),
+    st.integers(0, 255).map(enum),
+    st.booleans().map(boolean),
+    st.just(null()),
+)
+_ELEMENTS = st.recursive(
+    _SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=5).map(lambda items: array(*items)),
+        st.lists(inner, max_size=5).map(lambda items: struct_(*items)),
+    ),
+    max_leaves=12,
+)
+
+
+def _outcome(buf: bytes, pos: int, offsets: dict[int, list[int]] | None = None) -> object:
+    try:
+        return decode_data(buf, pos, 0, offsets)
+    except ApduError as exc:
+        return ApduError, exc.code, exc.detail
+
+
+@settings(max_examples=150, deadline=None)
+@given(_ELEMENTS)
+def test_an_element_decodes_the_same_inside_a_container(encoded: bytes) -> None:
+    wrapped = struct_(encoded)
+    for cut in range(3, len(wrapped) + 1):
+        buf = wrapped[:cut]
+        alone = _outcome(buf, 2)
+        inside = _outcome(buf, 0)
+        if isinstance(alone, tuple) and alone[0] is ApduError:
+            assert inside == alone  # the same error at the same offset
+        else:
+            assert inside == ((alone[0],), alone[1])  # type: ignore[index]
+            assert type(inside[0][0]) is type(alone[0])  # type: ignore[index]
+    offsets: dict[int, list[int]] = {}
+    value, _ = decode_data(wrapped, 0, 0, offsets)
+    assert offsets[id(value)] == [2]

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from amsd.decoder.dlms import DlmsInterpreter
+from amsd.decoder.dlms import DlmsInterpreter, _apply, _scaling_op
 from amsd.decoder.events import Reading, UndecodedFrame, Value
-from amsd.decoder.profiles import PROFILE_NAMES
+from amsd.decoder.profiles import LG_E450, PROFILE_NAMES, infer_swiss_scales
 from tests.test_axdr import (
     array,
     cosem_dt,
     enum,
+    f32,
     i8,
     i16,
     i64,
@@ -301,7 +305,7 @@ def descriptor(cls: int, code: str, attr: int = 2) -> bytes:
     return struct_(u16(cls), obis(code), i8(attr), u16(0))
 
 
-def swiss_push(ldn: str, voltage: int = 236, current: int = 9) -> bytes:
+def swiss_push(ldn: str, voltage: int = 236, current: int = 9, power: int = 28) -> bytes:
     descriptors = array(
         descriptor(40, "0-8:25.9.0.255"),
         descriptor(40, "0-8:25.9.0.255", 1),
@@ -323,7 +327,7 @@ def swiss_push(ldn: str, voltage: int = 236, current: int = 9) -> bytes:
             octet(cosem_dt(2021, 7, 6, 14, 58, 18)),
             u32(482939),
             u64(344697),
-            i64(28),
+            i64(power),
             u16(voltage),
             u16(current),
             i16(941),
@@ -508,7 +512,7 @@ def test_templates_give_the_same_readings_as_a_fresh_decode(family: int) -> None
             fast = warm.decode(apdu, raw=apdu)
             slow = DlmsInterpreter().decode(apdu, raw=apdu)
             assert fast == slow
-            assert isinstance(fast, Reading)
+            assert isinstance(fast, Reading) and isinstance(slow, Reading)
             assert [type(v.value) for v in fast.values.values()] == [
                 type(v.value) for v in slow.values.values()
             ]
@@ -531,3 +535,105 @@ def test_template_respects_the_system_title() -> None:
     assert isinstance(first, Reading) and isinstance(second, Reading)
     assert first.values["1-0:1.8.0.255"] == Value(1.234, "kWh")
     assert second.values["1-0:1.8.0.255"] == Value(1234, None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(st.integers(-(2**64), 2**64), st.floats(allow_nan=False, allow_infinity=True)),
+    st.integers(-30, 30),
+)
+def test_template_scaling_is_the_general_scaling(raw: int | float, exponent: int) -> None:
+    operator, operand = _scaling_op(exponent)
+    fast, slow = operator(raw, operand), _apply(raw, exponent)
+    assert fast == slow and type(fast) is type(slow)
+
+
+_U32 = st.integers(0, 2**32 - 1)
+_I16 = st.integers(-(2**15), 2**15 - 1)
+_U16 = st.integers(0, 2**16 - 1)
+
+
+@st.composite
+def changing_lists(draw: st.DrawFn) -> list[bytes]:
+    """Frames of one list whose numbers change from frame to frame."""
+    shape = draw(st.sampled_from(("aidon", "kaifa", "flat")))
+    frames = []
+    for _ in range(draw(st.integers(2, 6))):
+        if shape == "aidon":
+            frames.append(aidon_list3(draw(_U32)))
+        elif shape == "kaifa":
+            power = [u32(draw(_U32)) for _ in range(4)]
+            frames.append(kaifa(*KAIFA_HEAD, *power, *[u32(draw(_U32)) for _ in KAIFA_3P], *KAIFA_LIST3))
+        else:
+            frames.append(
+                notification(
+                    struct_(
+                        obis("1-0:1.8.0.255"),
+                        u32(draw(_U32)),
+                        scaler_unit(draw(st.integers(-30, 30)), WH),
+                        obis("1-0:31.7.0.255"),
+                        i16(draw(_I16)),
+                        obis("1-0:14.7.0.255"),
+                        f32(draw(st.floats(width=32, allow_nan=False))),
+                        scaler_unit(0, 44),
+                    ),
+                    cosem_dt(2024, 1, draw(st.integers(1, 31)), 1, 2, 3, deviation=-60),
+                    invoke_id=draw(_U32),
+                )
+            )
+    return frames
+
+
+@settings(max_examples=60, deadline=None)
+@given(changing_lists(), st.sampled_from(PROFILE_NAMES))
+def test_templates_agree_with_the_general_path_on_changing_numbers(frames: list[bytes], profile: str) -> None:
+    warm = DlmsInterpreter(profile)
+    for apdu in frames:
+        fast = warm.decode(apdu, raw=apdu)
+        slow = DlmsInterpreter(profile).decode(apdu, raw=apdu)
+        assert isinstance(fast, Reading)
+        assert fast == slow
+        assert [type(v.value) for v in fast.values.values()] == [type(v.value) for v in slow.values.values()]
+    assert warm._templates
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.integers(0, 300), st.integers(2000, 2600), _U16),
+            st.one_of(st.just(0), st.integers(0, 100), _U16),
+            st.one_of(st.just(0), st.integers(-5000, 5000), st.integers(-(2**63), 2**63 - 1)),
+        ),
+        min_size=2,
+        max_size=6,
+    )
+)
+def test_swiss_scale_inference_runs_on_the_template_path(numbers: list[tuple[int, int, int]]) -> None:
+    """Until a frame holds the evidence, every frame is decided on its own numbers, as the general
+    path decides; once one frame did, later frames keep its decision (as a template built then)."""
+    warm = DlmsInterpreter()
+    decided: dict[str, tuple[str | None, float]] = {}  # key -> (unit, scale) chosen with evidence
+    for voltage, current, power in numbers:
+        apdu = swiss_push("LGZ1030000000001", voltage=voltage, current=current, power=power)
+        fast = warm.decode(apdu, raw=apdu)
+        slow = DlmsInterpreter().decode(apdu, raw=apdu)
+        assert isinstance(fast, Reading) and isinstance(slow, Reading)
+        raws = {"1-0:32.7.0.255": voltage, "1-0:31.7.0.255": current}
+        if not decided:
+            assert fast == slow
+            if infer_swiss_scales(LG_E450, [voltage, 0, 0], [current, 0, 0], power)[1]:
+                for key, raw in raws.items():
+                    number = fast.values[key].value
+                    assert isinstance(number, int | float) and raw
+                    decided[key] = (fast.values[key].unit, number / raw)
+            continue
+        assert {k: v for k, v in fast.values.items() if k not in raws} == {
+            k: v for k, v in slow.values.items() if k not in raws
+        }
+        for key, raw in raws.items():
+            unit, scale = decided[key]
+            number = fast.values[key].value
+            assert isinstance(number, int | float)
+            assert fast.values[key].unit == unit and math.isclose(number, raw * scale, rel_tol=1e-9)
+    assert warm._templates

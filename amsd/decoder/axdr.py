@@ -203,16 +203,35 @@ def decode_data(
         items: list[Data] = []
         append = items.append
         child_depth = depth + 1
-        if offsets is None:
-            for _ in range(count):
-                value, pos = decode_data(buf, pos, child_depth)
-                append(value)
-            return (tuple(items) if tag == TAG_STRUCTURE else items), pos
         starts: list[int] = []
+        mark = starts.append if offsets is not None else None
         for _ in range(count):
-            starts.append(pos)
+            if mark is not None:
+                mark(pos)
+            # Integers and short octet strings (OBIS codes), the bulk of any list, are read here
+            # exactly as `decode_data` reads them, without a call per element.
+            if pos < size:
+                child = buf[pos]
+                number = _UNPACK.get(child)
+                if number is not None and child != TAG_FLOAT32:
+                    unpack, width = number
+                    end = pos + 1 + width
+                    if end > size:
+                        raise _truncated(pos + 1)
+                    append(unpack(buf, pos + 1)[0])
+                    pos = end
+                    continue
+                if child == TAG_OCTET_STRING and pos + 1 < size and buf[pos + 1] < 0x80:
+                    end = pos + 2 + buf[pos + 1]
+                    if end > size:
+                        raise _truncated(pos + 2)
+                    append(buf[pos + 2 : end])
+                    pos = end
+                    continue
             value, pos = decode_data(buf, pos, child_depth, offsets)
             append(value)
+        if offsets is None:
+            return (tuple(items) if tag == TAG_STRUCTURE else items), pos
         container: Data = tuple(items) if tag == TAG_STRUCTURE else items
         offsets[id(container)] = starts
         return container, pos

@@ -26,6 +26,7 @@ import re
 import struct
 from collections.abc import Callable
 from datetime import date, datetime
+from operator import call, itemgetter, mul, truediv
 from typing import Any, Final, cast
 
 from amsd.decoder.apdu import DATA_NOTIFICATION, ApduError, parse_data_notification
@@ -251,7 +252,9 @@ class DlmsInterpreter:
             manufacturer = manufacturer or MANUFACTURERS.get(flag, flag)
         table = self._profile.table(family)
         evidence = True
+        inferred_from: Table | None = None  # the table before `_infer_scales`, if it ran
         if table is not None and family in (SWISS_FAMILY, ISKRA_FAMILY) and self._profile.name == "auto":
+            inferred_from = table
             table, evidence = _infer_scales(entries, table)
 
         values: dict[str, Value] = {}
@@ -263,7 +266,7 @@ class DlmsInterpreter:
             if kind is int or kind is float:
                 unit, exponent = _scale(code, scaler_unit, table)
                 values[key] = Value(_apply(value, exponent), unit)  # type: ignore[arg-type]
-                plan.append((key, _NUMBER, container, index, unit, exponent))
+                plan.append((key, _NUMBER, container, index, unit, exponent, None if scaler_unit else code))
             elif isinstance(value, bytes) and (
                 kind is DateTime or (kind is bytes and len(value) == 12 and is_clock(code))
             ):
@@ -272,10 +275,10 @@ class DlmsInterpreter:
                 values[key] = _stamp_value(stamp, bytes(value))
                 if clock is None and stamp is not None and is_clock(code):
                     clock = stamp
-                plan.append((key, _CLOCK if is_clock(code) else _STAMP, container, index, None, naive))
+                plan.append((key, _CLOCK if is_clock(code) else _STAMP, container, index, None, naive, None))
             else:
                 values[key] = Value(_plain(value))
-                plan.append((key, _CONSTANT, values[key], 0, None, 0))
+                plan.append((key, _CONSTANT, values[key], 0, None, 0, None))
         # A date-time before the first OBIS code is the message time (Sagemcom, L+G no push list).
         fallback: tuple[int, int] | None = None
         for item, container, index in leading:
@@ -291,9 +294,13 @@ class DlmsInterpreter:
             naive = aidon and _zero_deviation(note.timestamp_raw)
             clock = cosem_datetime(note.timestamp_raw, naive=naive)
         result: _Result = (values, meter_id, model, list_name, manufacturer, clock)
-        # Without evidence for the scaling, decide again on the next frame instead of caching it.
-        if offsets is not None and len(values) == len(plan) and evidence:
-            template = _Template.build(apdu, offsets, plan, result, fallback, aidon, system_title)
+        if offsets is not None and len(values) == len(plan):
+            # Without evidence for the scaling the template decides again on every frame it matches,
+            # from that frame's numbers, until one frame has the evidence (see `_Template.apply`).
+            inference = None
+            if inferred_from is not None and not evidence:
+                inference = (inferred_from, [e[0] for e in entries if _is_inference_input(*e[:3])])
+            template = _Template.build(apdu, offsets, plan, result, fallback, aidon, system_title, inference)
             if template is not None:
                 self._templates.insert(0, template)
                 del self._templates[_MAX_TEMPLATES:]
@@ -301,8 +308,9 @@ class DlmsInterpreter:
 
 
 _Result = tuple[dict[str, Value], str | None, str | None, str | None, str | None, datetime | None]
-# (key, kind, container or constant Value, index, unit, exponent or naive flag)
-_Step = tuple[str, int, object, int, str | None, int]
+# (key, kind, container or constant Value, index, unit, exponent or naive flag,
+#  OBIS code if the number is scaled by the family table, else None)
+_Step = tuple[str, int, object, int, str | None, int, bytes | None]
 _NUMBER, _CLOCK, _STAMP, _CONSTANT = range(4)
 _MAX_TEMPLATES: Final = 6
 # Fixed-width A-XDR types that may vary between frames of one list -> struct code.
@@ -318,6 +326,20 @@ _SLOT_FORMATS: Final[dict[int, str]] = {
     23: "f",
     24: "d",
 }
+# (table before inference, OBIS codes that `_infer_scales` reads) for lists decided frame by frame.
+_Inference = tuple[Table, list[bytes]]
+# Per number of a template: (operators, operands, units), so that op(raw, operand) == _apply(raw, exp).
+_Scaling = tuple[tuple[Callable[[Any, Any], Any], ...], tuple[int | float, ...], tuple[str | None, ...]]
+
+
+def _scaling_op(exponent: int) -> tuple[Callable[[Any, Any], Any], int | float]:
+    """(operator, operand) with operator(raw, operand) == _apply(raw, exponent) for every raw number.
+
+    Multiplying by 1 keeps an int an int and a float the same float, so exponent 0 needs no branch.
+    """
+    if exponent >= 0:
+        return mul, _POW10[exponent] if exponent < 24 else 10.0**exponent
+    return (truediv, _POW10F[-exponent]) if -exponent < 23 else (mul, 10.0**exponent)
 
 
 def _locate(offsets: dict[int, list[int]], container: object, index: int, size: int) -> tuple[int, int] | None:
@@ -327,28 +349,81 @@ def _locate(offsets: dict[int, list[int]], container: object, index: int, size: 
     return starts[index], size
 
 
-class _Template:
-    """One list's frame with its varying fields as wildcards (see DlmsInterpreter)."""
+def _getter(slots: list[int]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    """A function picking `slots` out of a tuple, always as a tuple (itemgetter of one returns the item)."""
+    if len(slots) >= 2:
+        return itemgetter(*slots)
+    if slots:
+        only = slots[0]
+        return lambda fields: (fields[only],)
+    return lambda fields: ()
 
-    __slots__ = ("fallback", "meta", "naive_header", "pattern", "steps", "system_title", "unpack")
+
+class _Template:
+    """One list's frame with its varying fields as wildcards (see DlmsInterpreter).
+
+    Applying it reads every varying field with one struct unpack, scales all numbers with C-level
+    `map`s (no Python loop per number), and fills a copy of a dict that already holds the keys in
+    the reading's order and the constant values.
+    """
+
+    __slots__ = (
+        "fallback",
+        "float32_mask",
+        "inference",
+        "meta",
+        "naive_header",
+        "number_codes",
+        "number_keys",
+        "numbers",
+        "pattern",
+        "quantities",
+        "scaling",
+        "scalings",
+        "skeleton",
+        "stamps",
+        "system_title",
+        "unpack",
+    )
 
     def __init__(
         self,
         pattern: re.Pattern[bytes],
         unpack: Callable[[bytes], tuple[Any, ...]],
-        steps: list[tuple[str, int, int, str | None, int, object]],
+        skeleton: dict[str, Value | None],
+        numbers: list[int],
+        number_steps: list[tuple[str, str | None, int, bytes | None, bool]],
+        stamps: list[tuple[str, int, bool, bool]],
         meta: tuple[str | None, str | None, str | None, str | None],
         fallback: int,
         naive_header: bool,
         system_title: str | None,
+        inference: tuple[Table, list[tuple[bytes, int]]] | None,
     ) -> None:
         self.pattern = pattern
         self.unpack = unpack
-        self.steps = steps
+        self.skeleton = skeleton
+        self.numbers = _getter(numbers)
+        self.number_keys = tuple(key for key, *_ in number_steps)
+        # OBIS code of each number the family table scales (None: the frame's own scaler/unit).
+        self.number_codes = tuple(code for *_, code, _float32 in number_steps)
+        float32_mask = tuple(is_float32 for *_, is_float32 in number_steps)
+        self.float32_mask = float32_mask if any(float32_mask) else None
+        ops = tuple(_scaling_op(exponent) for _key, _unit, exponent, _code, _float32 in number_steps)
+        self.scaling: _Scaling = (
+            tuple(op for op, _ in ops),
+            tuple(operand for _, operand in ops),
+            tuple(unit for _key, unit, *_ in number_steps),
+        )
+        # The quantities the family table scales here, and the scaling per choice of their scales.
+        self.quantities = tuple({kind: None for code in self.number_codes if code and (kind := quantity(code))})
+        self.scalings: dict[tuple[object, ...], _Scaling] = {}
+        self.stamps = stamps
         self.meta = meta
         self.fallback = fallback
         self.naive_header = naive_header
         self.system_title = system_title
+        self.inference = inference
 
     @classmethod
     def build(
@@ -360,6 +435,7 @@ class _Template:
         fallback: tuple[int, int] | None,
         aidon: bool,
         system_title: str | None,
+        inference: _Inference | None = None,
     ) -> _Template | None:
         fields: list[tuple[int, int, str]] = [(1, 4, "x")]  # the invoke-id changes every frame
         marker = apdu[5]
@@ -369,7 +445,7 @@ class _Template:
         if fallback is not None:
             start, _ = fallback
             fields.append((start + (2 if apdu[start] == 0x09 else 1), 12, "s"))
-        for _key, kind, container, index, _unit, _extra in plan:
+        for _key, kind, container, index, _unit, _extra, _code in plan:
             if kind == _CONSTANT:
                 continue
             place = _locate(offsets, container, index, 0)
@@ -412,16 +488,27 @@ class _Template:
         unpacker = struct.Struct("".join(layout))
         if unpacker.size > len(apdu):
             return None
-        steps: list[tuple[str, int, int, str | None, int, object]] = []
-        for key, kind, container, index, unit, extra in plan:
+        skeleton: dict[str, Value | None] = {}
+        numbers: list[int] = []
+        number_steps: list[tuple[str, str | None, int, bytes | None, bool]] = []
+        stamps: list[tuple[str, int, bool, bool]] = []
+        inputs: list[tuple[bytes, int]] = []
+        for key, kind, container, index, unit, extra, table_code in plan:
             if kind == _CONSTANT:
-                steps.append((key, kind, 0, None, 0, container))
+                skeleton[key] = cast(Value, container)
                 continue
+            skeleton[key] = None  # filled by every `apply`
             place = _locate(offsets, container, index, 0)
             assert place is not None
             start = place[0]
-            value_start = start + 1 if apdu[start] != 0x09 else start + 2
-            steps.append((key, kind, order[value_start], unit, extra, apdu[start] == 0x17))
+            slot = order[start + 1 if apdu[start] != 0x09 else start + 2]
+            if kind == _NUMBER:
+                numbers.append(slot)
+                number_steps.append((key, unit, extra, table_code, apdu[start] == 0x17))
+                if inference is not None and table_code in inference[1]:
+                    inputs.append((table_code, slot))
+            else:
+                stamps.append((key, slot, bool(extra), kind == _CLOCK))
         header_slot = order.get(header_at, -1) if header_at else -1
         fallback_slot = -1
         if fallback is not None:
@@ -432,36 +519,70 @@ class _Template:
         return cls(
             re.compile(b"".join(pattern), re.DOTALL),
             unpacker.unpack_from,
-            steps,
+            skeleton,
+            numbers,
+            number_steps,
+            stamps,
             (meter_id, model, list_name, manufacturer),
             fallback_slot if fallback_slot >= 0 else header_slot,
             aidon and fallback_slot < 0,
             system_title,
+            # Without inputs the inference decides the same on every frame: as it did on this one.
+            (inference[0], inputs) if inference is not None and inputs else None,
         )
 
     def apply(self, apdu: bytes) -> _Result:
         fields = self.unpack(apdu)
-        values: dict[str, Value] = {}
+        numbers = self.numbers(fields)
+        if self.float32_mask is not None:
+            numbers = tuple(
+                float32(raw) if is_float32 else raw for raw, is_float32 in zip(numbers, self.float32_mask, strict=True)
+            )
+        operators, operands, units = self.scaling if self.inference is None else self._infer(fields)
+        values = cast(dict[str, Value], self.skeleton.copy())
+        values.update(zip(self.number_keys, map(Value, map(call, operators, numbers, operands), units), strict=True))
         clock: datetime | None = None
-        for key, kind, slot, unit, extra, other in self.steps:
-            if kind == _NUMBER:
-                raw = fields[slot]
-                if other:  # float32
-                    raw = float32(raw)
-                values[key] = Value(_apply(raw, extra), unit)
-            elif kind == _CONSTANT:
-                values[key] = other  # type: ignore[assignment]
-            else:
-                stamp_raw = fields[slot]
-                stamp = cosem_datetime(stamp_raw, naive=bool(extra) and _zero_deviation(stamp_raw))
-                values[key] = _stamp_value(stamp, stamp_raw)
-                if clock is None and kind == _CLOCK and stamp is not None:
-                    clock = stamp
+        for key, slot, naive, is_clock_step in self.stamps:
+            stamp_raw = fields[slot]
+            stamp = cosem_datetime(stamp_raw, naive=naive and _zero_deviation(stamp_raw))
+            values[key] = _stamp_value(stamp, stamp_raw)
+            if clock is None and is_clock_step and stamp is not None:
+                clock = stamp
         if clock is None and self.fallback >= 0:
             stamp_raw = fields[self.fallback]
             clock = cosem_datetime(stamp_raw, naive=self.naive_header and _zero_deviation(stamp_raw))
         meter_id, model, list_name, manufacturer = self.meta
         return values, meter_id, model, list_name, manufacturer, clock
+
+    def _infer(self, fields: tuple[Any, ...]) -> _Scaling:
+        """The scaling `_interpret` would choose for this frame's numbers (Swiss scale inference).
+
+        Once a frame holds the evidence, its decision is kept, as a template built from that frame
+        would keep it.
+        """
+        assert self.inference is not None
+        base, inputs = self.inference
+        entries: list[Entry] = [(code, fields[slot], None, None, 0) for code, slot in inputs]
+        table, evidence = _infer_scales(entries, base)
+        # `_scale(code, None, table)` depends on the table only through the code's quantity.
+        chosen = tuple(map(table.get, self.quantities))
+        scaling = self.scalings.get(chosen)
+        if scaling is None:
+            operators, operands, units = self.scaling
+            new_operators, new_operands, new_units = [], [], []
+            for code, operator, operand, unit in zip(self.number_codes, operators, operands, units, strict=True):
+                if code is not None:
+                    unit, exponent = _scale(code, None, table)
+                    operator, operand = _scaling_op(exponent)
+                new_operators.append(operator)
+                new_operands.append(operand)
+                new_units.append(unit)
+            scaling = (tuple(new_operators), tuple(new_operands), tuple(new_units))
+            if len(self.scalings) < 16:
+                self.scalings[chosen] = scaling
+        if evidence:
+            self.scaling, self.inference = scaling, None
+        return scaling
 
 
 # ---------------------------------------------------------------------------------------- shapes
@@ -577,6 +698,14 @@ _PHASE_VOLTAGES: Final = {32: 0, 52: 1, 72: 2}
 _PHASE_CURRENTS: Final = {31: 0, 51: 1, 71: 2}
 
 
+_INFERENCE_C: Final = frozenset((*_PHASE_VOLTAGES, *_PHASE_CURRENTS, 1, 2))
+
+
+def _is_inference_input(code: bytes, value: object, scaler_unit: object) -> bool:
+    """Whether `_infer_scales` reads this entry (a raw phase voltage or current, or active power)."""
+    return scaler_unit is None and type(value) is int and code[0] == 1 and code[3] == 7 and code[2] in _INFERENCE_C
+
+
 def _infer_scales(entries: list[Entry], table: Table) -> tuple[Table, bool]:
     """Collect raw phase voltages, currents and active power for `infer_swiss_scales`."""
     voltages = [0, 0, 0]
@@ -584,7 +713,7 @@ def _infer_scales(entries: list[Entry], table: Table) -> tuple[Table, bool]:
     power = 0
     for code, value, scaler_unit, _container, _index in entries:
         if scaler_unit is not None or type(value) is not int or code[0] != 1 or code[3] != 7:
-            continue
+            continue  # (as `_is_inference_input`, written out so that the type checker sees the int)
         c = code[2]
         if c in _PHASE_VOLTAGES:
             voltages[_PHASE_VOLTAGES[c]] = value
