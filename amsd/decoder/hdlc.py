@@ -29,20 +29,11 @@ class HdlcHeader:
     header_end: int  # offset after HCS, relative to the opening flag
 
 
-def _address_end(buf: bytes | bytearray, start: int, limit: int) -> int:
-    """Offset after an address field starting at `start`; -1 if incomplete, -2 if longer than 4 bytes."""
-    stop = min(start + MAX_ADDRESS_BYTES, limit)
-    for i in range(start, stop):
-        if buf[i] & 1:
-            return i + 1
-    return -1 if stop < start + MAX_ADDRESS_BYTES else -2
-
-
 def parse_header(buf: bytes | bytearray, start: int) -> HdlcHeader | bool | None:
     """Check an HDLC header at `buf[start]` (the opening flag).
 
     Returns the header when format and HCS are valid, None when more bytes are needed, and False when
-    this is not a frame start.
+    this is not a frame start. Runs once per frame and at every candidate flag, so it is kept flat.
     """
     end = len(buf)
     if end - start < 3:
@@ -53,28 +44,39 @@ def parse_header(buf: bytes | bytearray, start: int) -> HdlcHeader | bool | None
     length = ((fmt_hi & 0x07) << 8) | buf[start + 2]
     if length < MIN_LENGTH:
         return False
-    dst_end = _address_end(buf, start + 3, end)
-    if dst_end < 0:
-        return None if dst_end == -1 else False
-    src_end = _address_end(buf, dst_end, end)
-    if src_end < 0:
-        return None if src_end == -1 else False
-    hcs_at = src_end + 1
+    # Each address ends at its first byte with bit 0 set, after at most 4 bytes.
+    dst_start = start + 3
+    pos = dst_start
+    limit = dst_start + MAX_ADDRESS_BYTES
+    while pos < end and pos < limit and not buf[pos] & 1:
+        pos += 1
+    if pos == limit:
+        return False
+    if pos >= end:
+        return None
+    src_start = pos = pos + 1
+    limit = src_start + MAX_ADDRESS_BYTES
+    while pos < end and pos < limit and not buf[pos] & 1:
+        pos += 1
+    if pos == limit:
+        return False
+    if pos >= end:
+        return None
+    hcs_at = pos + 2  # after the last source byte and the control byte
     header_end = hcs_at + 2
     if header_end - start - 1 > length:
         return False
     if end < header_end:
         return None
-    hcs = buf[hcs_at] | (buf[hcs_at + 1] << 8)
-    if crc16_x25(buf[start + 1 : hcs_at]) != hcs:
+    if crc16_x25(buf[start + 1 : hcs_at]) != buf[hcs_at] | (buf[hcs_at + 1] << 8):
         return False
     return HdlcHeader(
-        length=length,
-        segmented=bool(fmt_hi & SEGMENTED_BIT),
-        destination=bytes(buf[start + 3 : dst_end]),
-        source=bytes(buf[dst_end:src_end]),
-        control=buf[src_end],
-        header_end=header_end - start,
+        length,
+        bool(fmt_hi & SEGMENTED_BIT),
+        bytes(buf[dst_start:src_start]),
+        bytes(buf[src_start : pos + 1]),
+        buf[pos + 1],
+        header_end - start,
     )
 
 
