@@ -106,12 +106,40 @@ class Outbox:
     def append(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
         return self.append_many([(topic, payload, qos, retain)])
 
-    def peek(self, limit: int = 100) -> list[StoredMessage]:
-        """The oldest `limit` messages, oldest first."""
-        rows = self._db.execute(
-            "SELECT id, topic, payload, qos, retain FROM outbox ORDER BY id LIMIT ?", (limit,)
-        ).fetchall()
+    def peek(self, limit: int = 100, after: int | None = None) -> list[StoredMessage]:
+        """The oldest `limit` messages (with an id above `after`, if given), oldest first."""
+        if after is None:
+            rows = self._db.execute(
+                "SELECT id, topic, payload, qos, retain FROM outbox ORDER BY id LIMIT ?", (limit,)
+            ).fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT id, topic, payload, qos, retain FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
+            ).fetchall()
         return [StoredMessage(int(i), str(t), bytes(p), int(q), bool(r)) for i, t, p, q, r in rows]
+
+    def prepend_many(self, messages: Iterable[tuple[str, bytes, int, bool]]) -> None:
+        """Store messages, in the given order, AHEAD of everything stored: ones that were in flight when
+        the connection dropped are older than anything spilled meanwhile. Not subject to the cap:
+        they were already accepted (the next append trims)."""
+        rows = [(topic, payload, qos, int(retain)) for topic, payload, qos, retain in messages]
+        if not rows:
+            return
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            first = db.execute("SELECT min(id) FROM outbox").fetchone()[0]
+            start = (int(first) if first is not None else 1) - len(rows)
+            db.executemany(
+                "INSERT INTO outbox (id, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?)",
+                [(start + n, *row) for n, row in enumerate(rows)],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        finally:
+            self.depth = self._count()
 
     def remove(self, ids: Iterable[int]) -> None:
         """Delete messages the broker has acknowledged."""

@@ -50,7 +50,9 @@ READABLE_KEYS: Final[dict[tuple[int, int, int], str]] = {
     (4, 8, 0): "energy_reactive_export",
 }
 # Counters that only ever rise (Home Assistant total_increasing).
-COUNTER_KEYS: Final = frozenset(key for key in READABLE_KEYS.values() if key.startswith("energy_"))
+COUNTER_KEYS: Final = frozenset(
+    [*(key for key in READABLE_KEYS.values() if key.startswith("energy_")), "gas"]
+)
 # DSMR gas (0-n:24.2.1 / 24.2.3): [timestamp, volume]; the volume becomes `gas`.
 _GAS: Final = frozenset(((24, 2, 1), (24, 2, 3)))
 

