@@ -8,7 +8,7 @@ import contextlib
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from amsd import sdnotify
 from amsd.log import get_logger
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 log = get_logger("amsd.daemon")
 
 DIAGNOSTICS_INTERVAL_S = 60.0
+OUTBOX_CHECK_S = 1.0  # how soon retained diagnostics show a drained outbox
 STOP_TIMEOUT_S = 8.0  # SIGTERM must end the process within 10 s
 
 
@@ -86,6 +87,7 @@ class Daemon:
         self.pipelines: list[MeterPipeline] = []
         self.readers: list[LineReader] = []
         self._stop = asyncio.Event()
+        self._reported_outbox_depth = 0  # in the last diagnostics sent
         discovery = config.homeassistant.discovery_prefix if config.homeassistant.enabled else None
         for meter in config.meters:
             decoder = Decoder(
@@ -141,7 +143,7 @@ class Daemon:
 
     def _make_change_hook(self, pipeline: MeterPipeline) -> Callable[[], None]:
         def changed() -> None:
-            self.publisher.submit(pipeline.diagnostics_message(self.publisher.stats()))
+            self.publisher.submit(self._diagnostics(pipeline, self.publisher.stats()))
 
         return changed
 
@@ -151,10 +153,14 @@ class Daemon:
         for pipeline in self.pipelines:
             if pipeline.available is not None:
                 yield pipeline.availability_message()
-            yield pipeline.diagnostics_message(stats)
+            yield self._diagnostics(pipeline, stats)
             message = pipeline.discovery_message()
             if message is not None:
                 yield message
+
+    def _diagnostics(self, pipeline: MeterPipeline, stats: dict[str, Any]) -> OutMessage:
+        self._reported_outbox_depth = int(stats.get("outbox_depth", 0))
+        return pipeline.diagnostics_message(stats)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -186,17 +192,20 @@ class Daemon:
         return 0
 
     async def _periodic(self) -> None:
-        """Diagnostics every 60 s and the systemd watchdog ping."""
+        """Diagnostics every 60 s and when the outbox has drained; the systemd watchdog ping."""
         watchdog = sdnotify.watchdog_interval()
-        tick = min(watchdog or DIAGNOSTICS_INTERVAL_S, DIAGNOSTICS_INTERVAL_S)
+        tick = min(watchdog or DIAGNOSTICS_INTERVAL_S, DIAGNOSTICS_INTERVAL_S, OUTBOX_CHECK_S)
         elapsed = 0.0
         while True:
             await asyncio.sleep(tick)
             elapsed += tick
             if watchdog is not None:
                 sdnotify.watchdog()
-            if elapsed >= DIAGNOSTICS_INTERVAL_S:
+            stats = self.publisher.stats()
+            # The diagnostics sent on reconnect carry the backlog of that moment; once it is delivered
+            # that is a change of state, or the retained depth would stay stale for up to a minute.
+            drained = self._reported_outbox_depth > 0 and not stats.get("outbox_depth", 0)
+            if elapsed >= DIAGNOSTICS_INTERVAL_S or drained:
                 elapsed = 0.0
-                stats = self.publisher.stats()
                 for pipeline in self.pipelines:
-                    self.publisher.submit(pipeline.diagnostics_message(stats))
+                    self.publisher.submit(self._diagnostics(pipeline, stats))

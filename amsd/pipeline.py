@@ -129,7 +129,7 @@ class MeterPipeline:
                 if last is not None and value < last:
                     continue
                 self._last_counter[key] = value
-            submit(OutMessage(self._value_topic + key, payloads.value_payload(value), retain, persistent=False))
+            submit(OutMessage(self._value_topic + key, payloads.value_payload(value), retain, persistent=False, qos=0))
         if self.options.publish_raw == "all":
             submit(OutMessage(self.topics["raw"], payloads.raw_payload(reading.raw, received, "frame", None, None)))
         self.set_available(True)
@@ -187,6 +187,7 @@ class MeterPipeline:
         body["last_frame_age_s"] = age
         if publisher_stats is not None:
             body["dropped"] = publisher_stats.get("dropped", 0)
+            body["live_values_skipped"] = publisher_stats.get("live_values_skipped", 0)
             body["outbox_depth"] = publisher_stats.get("outbox_depth", 0)
         return body
 

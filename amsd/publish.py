@@ -46,6 +46,8 @@ class OutMessage:
     retain: bool = False
     # Kept in the outbox while the broker is away (readings, raw frames); otherwise dropped then.
     persistent: bool = True
+    # None: the configured QoS. Live per-value topics use 0: the next value replaces a lost one.
+    qos: int | None = None
 
 
 @dataclass(slots=True)
@@ -149,7 +151,10 @@ class Publisher:
             "published": self.published,
             "outboxed": self.outboxed,
             "outbox_depth": self.outbox.depth,
-            "dropped": self.outbox.dropped + self.dropped_live,
+            # Readings lost at the outbox cap: the only loss the reliability contract allows.
+            "dropped": self.outbox.dropped,
+            # Live per-value messages not stored while the broker was away (the next value replaces them).
+            "live_values_skipped": self.dropped_live,
             "queue_depth": len(self._queue),
             "reconnects": self.reconnects,
         }
@@ -333,7 +338,10 @@ class Publisher:
                 else:
                     batch = [queue.popleft() for _ in range(room)]
                 for message in batch:
-                    self._send(paho, message.topic, message.payload, qos, message.retain, inflight, None, message)
+                    message_qos = qos if message.qos is None else message.qos
+                    self._send(
+                        paho, message.topic, message.payload, message_qos, message.retain, inflight, None, message
+                    )
                 await asyncio.sleep(0)  # let readers run between large bursts
                 continue
             if self._stopping:
