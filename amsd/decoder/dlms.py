@@ -26,6 +26,7 @@ import re
 import struct
 from collections.abc import Callable
 from datetime import date, datetime
+from functools import partial
 from operator import call, itemgetter, mul, truediv
 from typing import Any, Final, cast
 
@@ -54,6 +55,9 @@ from amsd.decoder.profiles import (
     get_profile,
     infer_swiss_scales,
 )
+
+# Value((value, unit)) without NamedTuple's generated __new__ (a lambda call per value on the hot path).
+_new_value: Callable[[tuple[Scalar, str | None]], Value] = partial(tuple.__new__, Value)
 
 # (OBIS code, A-XDR value, {scaler, unit} or None, container holding the value, index in it)
 Entry = tuple[bytes, object, object, object, int]
@@ -540,7 +544,13 @@ class _Template:
             )
         operators, operands, units = self.scaling if self.inference is None else self._infer(fields)
         values = cast(dict[str, Value], self.skeleton.copy())
-        values.update(zip(self.number_keys, map(Value, map(call, operators, numbers, operands), units), strict=True))
+        values.update(
+            zip(
+                self.number_keys,
+                map(_new_value, zip(map(call, operators, numbers, operands), units, strict=True)),
+                strict=True,
+            )
+        )
         clock: datetime | None = None
         for key, slot, naive, is_clock_step in self.stamps:
             stamp_raw = fields[slot]
