@@ -129,7 +129,7 @@ class MeterPipeline:
                 if last is not None and value < last:
                     continue
                 self._last_counter[key] = value
-            submit(OutMessage(self._value_topic + key, payloads.value_payload(value), retain, persistent=False, qos=0))
+            submit(OutMessage(self._value_topic + key, payloads.value_payload(value), retain, persistent=False))
         if self.options.publish_raw == "all":
             submit(OutMessage(self.topics["raw"], payloads.raw_payload(reading.raw, received, "frame", None, None)))
         self.set_available(True)

@@ -46,8 +46,6 @@ class OutMessage:
     retain: bool = False
     # Kept in the outbox while the broker is away (readings, raw frames); otherwise dropped then.
     persistent: bool = True
-    # None: the configured QoS. Live per-value topics use 0: the next value replaces a lost one.
-    qos: int | None = None
 
 
 @dataclass(slots=True)
@@ -338,10 +336,7 @@ class Publisher:
                 else:
                     batch = [queue.popleft() for _ in range(room)]
                 for message in batch:
-                    message_qos = qos if message.qos is None else message.qos
-                    self._send(
-                        paho, message.topic, message.payload, message_qos, message.retain, inflight, None, message
-                    )
+                    self._send(paho, message.topic, message.payload, qos, message.retain, inflight, None, message)
                 await asyncio.sleep(0)  # let readers run between large bursts
                 continue
             if self._stopping:
