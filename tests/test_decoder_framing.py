@@ -326,3 +326,27 @@ def test_bad_keys_name_the_field_not_the_value(text: str) -> None:
         Decoder(encryption_key=text)
     assert "encryption_key" in str(info.value)
     assert text not in str(info.value)
+
+
+def test_dsmr_clear_ident_with_encrypted_body() -> None:
+    # Polish Elgama style: `/EGM5...` in clear, then the ciphering body without its DB tag.
+    full = telegram()
+    ident_end = full.index(b"\n") + 1
+    body = enc.glo_cipher(
+        full[ident_end:],
+        system_title=b"EGM\x00\x00\x00\x00\x07",
+        invocation_counter=3,
+        encryption_key=EK,
+        authentication_key=AK,
+        security_control=0x30,
+    )
+    line = full[:ident_end] + body[1:]
+    for chunk in (0, 1, 13):
+        reading = only_reading(decode(line, Decoder(EK, AK), chunk=chunk))
+        assert reading.protocol == "dsmr"
+        assert reading.values["1-0:1.7.0.255"].value == 1234
+        assert reading.crc_present is True
+        assert reading.system_title == "45474D0000000007"
+    events = decode(line)
+    assert errors(events) == [("cipher", NO_KEY)]
+    assert errors(decode(line, Decoder(OTHER, AK))) == [("cipher", WRONG_KEY)]

@@ -170,6 +170,12 @@ class Decoder:
                 failure = self._on_mbus(events, frame)
             elif kind is stream.Kind.DSMR:
                 self._on_dsmr(events, frame)
+            elif kind is stream.Kind.P1_CIPHERED:
+                # A clear ident line, then the rest of the telegram as a ciphering body without its
+                # DB tag (Polish Elgama P1). The GCM tag or the plausibility check vouches for it.
+                self.counters["frames"] += 1
+                ident_end = frame.index(b"\n") + 1
+                self._on_ciphered(events, b"\xdb" + frame[ident_end:], frame, 0, frame[:ident_end])
             elif not self._on_bare_apdu(events, frame, buf, start, end):
                 # Line noise that happened to parse as an APDU: already counted as noise.
                 self._reported_until = max(self._reported_until, end)
@@ -370,7 +376,11 @@ class Decoder:
         if complete is not None:
             self._on_apdu(events, complete, message_raw, "gbt", depth=depth + 1)
 
-    def _on_ciphered(self, events: list[Event], apdu: bytes, raw: bytes, depth: int) -> None:
+    def _on_ciphered(
+        self, events: list[Event], apdu: bytes, raw: bytes, depth: int, clear_prefix: bytes = b""
+    ) -> None:
+        """Decrypt a general-glo-ciphering APDU. `clear_prefix` is the clear ident line of a P1
+        telegram whose body follows encrypted (its plaintext is the rest of the telegram)."""
         try:
             header = cipher.parse_header(apdu)
         except cipher.CipherError as exc:
@@ -390,14 +400,15 @@ class Decoder:
                 )
             )
             return
+        def plausible(plaintext: bytes) -> bool:
+            return _plausible_plaintext(clear_prefix + plaintext)
+
         try:
-            plaintext = cipher.decrypt(
-                apdu, header, self._encryption_key, self._authentication_key, _plausible_plaintext
-            )
+            plaintext = cipher.decrypt(apdu, header, self._encryption_key, self._authentication_key, plausible)
         except cipher.CipherError as exc:
             events.append(self._undecoded("cipher", exc.code, exc.detail, raw, title, counter))
             return
-        self._on_apdu(events, plaintext, raw, "cipher", title, counter, depth + 1)
+        self._on_apdu(events, clear_prefix + plaintext, raw, "cipher", title, counter, depth + 1)
 
     # ------------------------------------------------------------------------------------ helpers
     def _emit(self, events: list[Event], event: Reading | UndecodedFrame) -> None:

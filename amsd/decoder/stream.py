@@ -34,6 +34,7 @@ class Kind(Enum):
     HDLC = "hdlc"
     MBUS = "mbus"
     DSMR = "dsmr"
+    P1_CIPHERED = "p1_ciphered"  # clear P1 ident line + general-glo-ciphering body without its tag
     APDU = "apdu"
 
 
@@ -178,8 +179,21 @@ def probe(buf: bytes | bytearray, start: int, final: bool = False) -> Probe | bo
 
 
 def _dsmr_extent(buf: bytes | bytearray, start: int, final: bool) -> Probe | bool | None:
-    if DSMR_IDENT.match(buf, start) is None:
+    ident = DSMR_IDENT.match(buf, start)
+    if ident is None:
         return None if DSMR_IDENT_PREFIX.match(buf, start) and not final else False
+    body = ident.end()
+    if body < len(buf) and 0 < buf[body] <= cipher.MAX_SYSTEM_TITLE:
+        # Not a text line: a system-title length, so the body is encrypted (ident line in clear).
+        extent = cipher.header_extent(buf, body - 1)  # measures as if the DB tag stood before it
+        if extent is None:
+            return None if not final else False
+        if extent is False:
+            return False
+        assert isinstance(extent, int)
+        if extent > len(buf):
+            return None if not final else False
+        return Kind.P1_CIPHERED, extent, None
     limit = min(len(buf), start + MAX_DSMR_TELEGRAM)
     # The closing `!` starts a line of its own; a `!` elsewhere (line noise) does not end a telegram.
     bang = buf.find(b"\n!", start, limit)
