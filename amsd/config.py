@@ -51,15 +51,16 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from amsd.decoder.keys import KEY_BYTES
+from amsd.decoder.keys import key_from_text as parse_key_text  # one key syntax for config and CLI
+
 ENV_PREFIX: Final = "AMSD_"
 ENV_DELIMITER: Final = "__"
-KEY_BYTES: Final = 16
+
 DEFAULT_OUTBOX: Final = Path("/var/lib/amsd/outbox.sqlite3")
 STANDARD_BAUDRATES: Final = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800)
 
 # What people paste keys with: whitespace, colons, commas, dashes, and 0x prefixes (whole key or per byte).
-_KEY_NOISE: Final = re.compile(r"[\s:,\-]|0[xX]")
-_HEX: Final = re.compile(r"[0-9a-fA-F]*")
 _SLUG: Final = re.compile(r"[a-z0-9_-]{1,64}")
 _URL_PORT: Final = re.compile(
     r"(?P<scheme>socket|rfc2217)://(?P<host>[^\s/:]+|\[[0-9a-fA-F:.]+\]):(?P<port>\d{1,5})"
@@ -72,18 +73,6 @@ class ConfigError(Exception):
 
 
 # --- value parsers ------------------------------------------------------------------------------
-
-
-def parse_key_text(text: str) -> bytes:
-    """32 hex characters once separators and 0x prefixes are gone -> 16 bytes.
-
-    The error says what is wrong in terms of lengths and character classes, never the value."""
-    cleaned = _KEY_NOISE.sub("", text)
-    if len(cleaned) != 2 * KEY_BYTES:
-        raise ValueError(f"must be {2 * KEY_BYTES} hex characters (got {len(cleaned)})")
-    if not _HEX.fullmatch(cleaned):
-        raise ValueError("must contain only hex digits 0-9 and a-f")
-    return bytes.fromhex(cleaned)
 
 
 def _validate_key(value: object) -> object:
