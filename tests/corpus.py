@@ -126,3 +126,17 @@ def same_value(want: Any, got: Any) -> bool:
     if isinstance(want, list):
         return isinstance(got, list) and len(got) == len(want) and all(map(same_value, want, got))
     return bool(want == got)
+
+
+def value_failures(expected: dict[str, Any], units: dict[str, str], readings: list[Any]) -> list[str]:
+    """Every expected OBIS value (first reading that has it) compared by the corpus rules, with unit."""
+    failures = []
+    for obis, want in expected.items():
+        value = next((r.values[obis] for r in readings if obis in r.values), None)
+        if value is None:
+            failures.append(f"{obis} missing")
+        elif not same_value(want, value.value):
+            failures.append(f"{obis}={value.value!r}, want {want!r}")
+        elif obis in units and units[obis] != value.unit:
+            failures.append(f"{obis} unit {value.unit!r}, want {units[obis]!r}")
+    return failures

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from amsd.decoder import NO_KEY, Decoder, Event, Reading, UndecodedFrame
-from tests.corpus import Case, case_params, same_value
+from tests.corpus import Case, case_params, value_failures
 
 FRAMING_LAYERS = {"hdlc", "mbus", "gbt", "cipher", "dsmr", "stream"}
 KEY_WORDS = ("key", "auth", "decrypt", "gcm", "cipher", "tag")
@@ -74,15 +74,7 @@ def test_case(case: Case, chunking: str) -> None:
         assert not [e for e in undecoded if e.layer in FRAMING_LAYERS], summary
         return
     assert len(readings) == case.expected_readings, summary
-    failures = []
-    for obis, want in expected.items():
-        value = next((r.values[obis] for r in readings if obis in r.values), None)
-        if value is None:
-            failures.append(f"{obis} missing")
-        elif not same_value(want, value.value):
-            failures.append(f"{obis}={value.value!r}, want {want!r}")
-        elif obis in units and units[obis] != value.unit:
-            failures.append(f"{obis} unit {value.unit!r}, want {units[obis]!r}")
+    failures = value_failures(expected, units, readings)
     assert not failures, failures
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from amsd.decoder import Decoder, Reading, UndecodedFrame
-from tests.corpus import Case, case_params, same_value
+from tests.corpus import Case, case_params, same_value, value_failures
 
 DLMS_TRANSPORTS = {"hdlc", "mbus", "raw-apdu"}
 # Only DLMS cases (or the one "corpus missing" parameter): DSMR cases are tests/test_dsmr_conformance.py's.
@@ -67,15 +67,7 @@ def test_expected_values(case: Case | None) -> None:
     readings, undecoded = decode(case, configured_profile(case))
     assert len(readings) == case.expected_readings, [(e.layer, e.error, e.detail) for e in undecoded]
     units = case.data.get("expected_units") or {}
-    failures = []
-    for obis, want in expected.items():
-        value = next((r.values[obis] for r in readings if obis in r.values), None)
-        if value is None:
-            failures.append(f"{obis} missing")
-        elif not same_value(want, value.value):
-            failures.append(f"{obis}={value.value!r}, want {want!r}")
-        elif obis in units and units[obis] != value.unit:
-            failures.append(f"{obis} unit {value.unit!r}, want {units[obis]!r}")
+    failures = value_failures(expected, units, readings)
     assert not failures, failures
 
 
