@@ -169,6 +169,7 @@ class Decoder:
             elif kind is stream.Kind.MBUS:
                 failure = self._on_mbus(events, frame)
             elif kind is stream.Kind.DSMR:
+                self.counters["frames"] += 1
                 self._on_dsmr(events, frame)
             elif kind is stream.Kind.P1_CIPHERED:
                 # A clear ident line, then the rest of the telegram as a ciphering body without its
@@ -233,7 +234,7 @@ class Decoder:
         self, events: list[Event], frame: bytes, header: hdlc.HdlcHeader, buf: bytearray, end: int
     ) -> tuple[Layer, str, str] | None:
         if not hdlc.fcs_ok(frame):
-            self._drop_hdlc_segments(events)
+            self._drop_segments(events, "hdlc", self._hdlc_segments, self._hdlc_raw)
             return "hdlc", "fcs_error", "frame check sequence does not match"
         raw = frame + b"\x7e" if buf[end : end + 1] == b"\x7e" else frame
         self.counters["frames"] += 1
@@ -253,21 +254,22 @@ class Decoder:
             self._on_apdu(events, info, raw, "hdlc")
         return None
 
-    def _drop_hdlc_segments(self, events: list[Event]) -> None:
-        if self._hdlc_segments:
-            raw = b"".join(self._hdlc_raw)
-            self._hdlc_segments.clear()
-            self._hdlc_raw.clear()
-            events.append(self._undecoded("hdlc", "segment_lost", "segmented message lost a segment", raw))
+    def _drop_segments(self, events: list[Event], layer: Layer, segments: list[bytes], raws: list[bytes]) -> None:
+        """Report a segmented message that cannot be completed, and forget it."""
+        if segments:
+            raw = b"".join(raws)
+            segments.clear()
+            raws.clear()
+            events.append(self._undecoded(layer, "segment_lost", "segmented message lost a segment", raw))
 
     def _on_mbus(self, events: list[Event], frame: bytes) -> tuple[Layer, str, str] | None:
         if not mbus.checksum_ok(frame):
-            self._drop_mbus_segments(events)
+            self._drop_segments(events, "mbus", self._mbus_segments, self._mbus_raw)
             return "mbus", "checksum_error", "M-Bus checksum or stop byte wrong"
         self.counters["frames"] += 1
         parsed = mbus.parse(frame)
         if parsed.sequence != len(self._mbus_segments):
-            self._drop_mbus_segments(events)
+            self._drop_segments(events, "mbus", self._mbus_segments, self._mbus_raw)
             if parsed.sequence != 0:
                 detail = f"segment {parsed.sequence} without its predecessors"
                 events.append(self._undecoded("mbus", "segment_lost", detail, frame))
@@ -283,16 +285,20 @@ class Decoder:
         self._on_apdu(events, apdu, raw, "mbus")
         return None
 
-    def _drop_mbus_segments(self, events: list[Event]) -> None:
-        if self._mbus_segments:
-            raw = b"".join(self._mbus_raw)
-            self._mbus_segments.clear()
-            self._mbus_raw.clear()
-            events.append(self._undecoded("mbus", "segment_lost", "segmented message lost a segment", raw))
-
-    def _on_dsmr(self, events: list[Event], telegram: bytes) -> None:
-        self.counters["frames"] += 1
-        event = dsmr.parse_telegram(telegram, standard_offset_minutes=self._dsmr_offset, require_crc=self._require_crc)
+    def _on_dsmr(
+        self,
+        events: list[Event],
+        telegram: bytes,
+        system_title: str | None = None,
+        invocation_counter: int | None = None,
+    ) -> None:
+        event = dsmr.parse_telegram(
+            telegram,
+            standard_offset_minutes=self._dsmr_offset,
+            require_crc=self._require_crc,
+            system_title=system_title,
+            invocation_counter=invocation_counter,
+        )
         self._emit(events, event)
 
     def _on_bare_apdu(self, events: list[Event], frame: bytes, buf: bytearray, start: int, end: int) -> bool:
@@ -341,16 +347,7 @@ class Decoder:
         elif tag == cipher.TAG:
             self._on_ciphered(events, apdu, raw, depth)
         elif tag == 0x2F:
-            self._emit(
-                events,
-                dsmr.parse_telegram(
-                    apdu,
-                    standard_offset_minutes=self._dsmr_offset,
-                    require_crc=self._require_crc,
-                    system_title=system_title,
-                    invocation_counter=invocation_counter,
-                ),
-            )
+            self._on_dsmr(events, apdu, system_title, invocation_counter)
         else:
             self._emit(
                 events,
@@ -376,9 +373,7 @@ class Decoder:
         if complete is not None:
             self._on_apdu(events, complete, message_raw, "gbt", depth=depth + 1)
 
-    def _on_ciphered(
-        self, events: list[Event], apdu: bytes, raw: bytes, depth: int, clear_prefix: bytes = b""
-    ) -> None:
+    def _on_ciphered(self, events: list[Event], apdu: bytes, raw: bytes, depth: int, clear_prefix: bytes = b"") -> None:
         """Decrypt a general-glo-ciphering APDU. `clear_prefix` is the clear ident line of a P1
         telegram whose body follows encrypted (its plaintext is the rest of the telegram)."""
         try:
@@ -400,6 +395,7 @@ class Decoder:
                 )
             )
             return
+
         def plausible(plaintext: bytes) -> bool:
             return _plausible_plaintext(clear_prefix + plaintext)
 
