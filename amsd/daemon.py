@@ -70,7 +70,14 @@ def publisher_settings(config: AmsdConfig) -> PublisherSettings:
 class Daemon:
     """Owns the tasks of `amsd run`; `run()` returns the exit code."""
 
-    def __init__(self, config: AmsdConfig, *, publisher: MessageSink | None = None) -> None:
+    def __init__(
+        self,
+        config: AmsdConfig,
+        *,
+        publisher: MessageSink | None = None,
+        observer: Callable[[OutMessage], None] | None = None,
+    ) -> None:
+        """`observer` sees every message the meters produce before it is queued (`amsd demo` prints)."""
         from amsd.decoder import Decoder
         from amsd.outbox import Outbox
         from amsd.pipeline import MeterOptions, MeterPipeline
@@ -84,6 +91,7 @@ class Daemon:
                 on_connect=self._on_connect,
             )
         self.publisher: MessageSink = publisher
+        self._observer = observer
         self.pipelines: list[MeterPipeline] = []
         self.readers: list[LineReader] = []
         self._stop = asyncio.Event()
@@ -103,7 +111,7 @@ class Daemon:
                 retain_values=config.mqtt.retain_values,
                 discovery_prefix=discovery,
             )
-            pipeline = MeterPipeline(options, decoder, self.publisher.submit)
+            pipeline = MeterPipeline(options, decoder, self.submit)
             pipeline.on_change = self._make_change_hook(pipeline)
             self.pipelines.append(pipeline)
             self.readers.append(self._reader(meter, pipeline))
@@ -143,7 +151,7 @@ class Daemon:
 
     def _make_change_hook(self, pipeline: MeterPipeline) -> Callable[[], None]:
         def changed() -> None:
-            self.publisher.submit(self._diagnostics(pipeline, self.publisher.stats()))
+            self.submit(self._diagnostics(pipeline, self.publisher.stats()))
 
         return changed
 
@@ -161,6 +169,11 @@ class Daemon:
     def _diagnostics(self, pipeline: MeterPipeline, stats: dict[str, Any]) -> OutMessage:
         self._reported_outbox_depth = int(stats.get("outbox_depth", 0))
         return pipeline.diagnostics_message(stats)
+
+    def submit(self, message: OutMessage) -> None:
+        if self._observer is not None:
+            self._observer(message)
+        self.publisher.submit(message)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -208,4 +221,4 @@ class Daemon:
             if elapsed >= DIAGNOSTICS_INTERVAL_S or drained:
                 elapsed = 0.0
                 for pipeline in self.pipelines:
-                    self.publisher.submit(self._diagnostics(pipeline, stats))
+                    self.submit(self._diagnostics(pipeline, stats))

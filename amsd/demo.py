@@ -106,7 +106,6 @@ def demo_command(args: argparse.Namespace) -> int:
 async def _demo(args: argparse.Namespace, host: str, port: int) -> int:
     from amsd.config import AmsdConfig, HomeAssistantConfig, MeterConfig, MqttConfig, OutboxConfig
     from amsd.daemon import Daemon
-    from amsd.publish import Publisher
     from amsd.sim.meters import DEMO_AUTHENTICATION_KEY, DEMO_ENCRYPTION_KEY, PROFILES
     from amsd.sim.simulate import serve_tcp
 
@@ -138,18 +137,7 @@ async def _demo(args: argparse.Namespace, host: str, port: int) -> int:
     if online:
         print(f"amsd demo: publishing to MQTT broker {host}:{port} under {DEMO_PREFIX}/", file=out)
         print(f"           watch with: mosquitto_sub -h {host} -p {port} -t '{DEMO_PREFIX}/#' -v", file=out)
-        daemon = Daemon(config)
-        publisher = daemon.publisher
-        assert isinstance(publisher, Publisher)
-        submit = publisher.submit
-
-        def submit_and_show(message: OutMessage) -> None:
-            printer.show(message)
-            submit(message)
-
-        publisher.submit = submit_and_show  # type: ignore[method-assign]
-        for pipeline in daemon.pipelines:
-            pipeline._submit = submit_and_show
+        daemon = Daemon(config, observer=printer.show)
     else:
         print(
             f"amsd demo: no MQTT broker reachable at {host}:{port}, so nothing is published; "

@@ -391,15 +391,14 @@ class Publisher:
             self.outbox.prepend_many(rows)
             self.outboxed += len(rows)
 
-    async def _publish_all(self, client: aiomqtt.Client, batch: list[tuple[str, bytes, bool]], qos: int) -> None:
-        await asyncio.gather(*(client.publish(t, p, qos=qos, retain=r, timeout=PUBLISH_TIMEOUT_S) for t, p, r in batch))
-        self.published += len(batch)
-
     async def _send_connect_messages(self, client: aiomqtt.Client) -> None:
         if self._on_connect is None:
             return
         messages = list(self._on_connect())
-        await self._publish_all(client, [(m.topic, m.payload, m.retain) for m in messages], 1)
+        await asyncio.gather(
+            *(client.publish(m.topic, m.payload, qos=1, retain=m.retain, timeout=PUBLISH_TIMEOUT_S) for m in messages)
+        )
+        self.published += len(messages)
 
     async def _listen(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
