@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--link", metavar="PATH", help="keep a symlink to the pty slave at PATH")
     simulate.add_argument("--wait-client", action="store_true", help="TCP: send once a client connects")
     simulate.add_argument("--seed", type=int, default=None, help="seed for reproducible values/noise")
+    simulate.add_argument(
+        "--replay", metavar="FILE", help="replay an `amsd capture` file at its original timing (--speed applies)"
+    )
 
     # --- demo ------------------------------------------------------------------------------------
     demo = sub.add_parser("demo", help="simulated meter through the whole pipeline, no hardware needed")
@@ -75,16 +78,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--speed", type=float, default=5.0, help="simulator time factor")
 
     # --- detect / capture ------------------------------------------------------------------------
-    detect = sub.add_parser("detect", help="find baud rate, parity and format of a meter port")
-    detect.add_argument("port", help="device path or socket://host:port")
-    detect.add_argument("--seconds", type=float, default=12.0, help="listening time per line setting")
+    detect = sub.add_parser(
+        "detect",
+        help="find baud rate, parity and format of a meter port",
+        description="Try 2400 8E1, 2400 8N1, 115200 8N1, 9600 7E1, 9600 8N1, 38400 8N1 and 115200 7E1 "
+        "in turn; print the first that yields valid frames, the meter, and a [[meters]] block.",
+    )
+    detect.add_argument("port", help="device path, socket://host:port or rfc2217://host:port")
+    detect.add_argument(
+        "--seconds", "--timeout", type=float, default=12.0, help="listening time per line setting (default 12)"
+    )
     capture = sub.add_parser("capture", help="record raw bytes from a port for a bug report")
-    capture.add_argument("port", help="device path or socket://host:port")
-    capture.add_argument("-o", "--output", required=True, help="file to write (binary)")
+    capture.add_argument("port", help="device path, socket://host:port or rfc2217://host:port")
+    capture.add_argument(
+        "-o", "--output", required=True, help="file to write (timed hex lines; see docs/first-setup.md)"
+    )
     capture.add_argument("--baudrate", type=int, default=2400)
     capture.add_argument("--parity", choices=("N", "E", "O"), default="N")
     capture.add_argument("--bytesize", type=int, choices=(7, 8), default=8)
-    capture.add_argument("--seconds", type=float, default=60.0)
+    capture.add_argument("--stopbits", type=int, choices=(1, 2), default=1)
+    capture.add_argument("--seconds", type=float, default=60.0, help="how long to record (default 60)")
 
     # --- check-config ----------------------------------------------------------------------------
     check = sub.add_parser("check-config", help="validate the config and print it with secrets masked")

@@ -1,4 +1,4 @@
-"""`amsd decode`: decode a capture (hex, amsreader debug dump, binary or DSMR text) to events."""
+"""`amsd decode`: decode a capture (amsd capture file, hex, amsreader debug dump, binary or DSMR text)."""
 
 from __future__ import annotations
 
@@ -27,11 +27,22 @@ class InputError(Exception):
 
 
 def read_capture(data: bytes, fmt: str = "auto") -> bytes:
-    """Turn the contents of a capture file into the bytes that came off the line."""
+    """Turn the contents of a capture file into the bytes that came off the line.
+
+    Formats: an `amsd capture` file (v1, timed hex chunks), clean hex, amsreader debug dumps, and
+    anything else as the raw bytes (old binary captures, DSMR text).
+    """
     if not data.strip():
         raise InputError("input is empty")
     if fmt == "binary":
         return data
+    from amsd.tools import CaptureFormatError, is_capture, parse_capture
+
+    if fmt == "capture" or (fmt == "auto" and is_capture(data)):
+        try:
+            return parse_capture(data).data
+        except CaptureFormatError as exc:
+            raise InputError(str(exc)) from None
     stripped = data.strip()
     if fmt == "hex" or (stripped and _HEX_ONLY.match(stripped)):
         digits = re.sub(rb"[\s:,]|0[xX]", b"", stripped)

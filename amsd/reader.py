@@ -20,7 +20,16 @@ Auto-baud: given several candidate `LineSettings` and a validator factory, the r
 for `probe_seconds`, feeds what arrives to a fresh validator, and locks onto the first setting on
 which the validator accepts a frame. The bytes seen on the winning setting are then replayed to
 `on_data`, so the frame that proved the setting is not lost. The reader never imports the decoder:
-the caller supplies `new_validator`.
+the caller supplies `new_validator`. `on_lock(settings)` reports the accepted setting (the daemon
+persists it), and with `redetect_after` the reader probes again when bytes keep arriving but the
+consumer's `decoded_frames()` count has not moved for that long (a meter swapped, a bridge
+reconfigured).
+
+Sources: a device path (pyserial-asyncio-fast on the fd), `socket://host:port` (a raw TCP bridge:
+the bridge owns the serial framing, so there is nothing to set or probe), and
+`rfc2217://host:port` (a telnet bridge with COM-PORT-OPTION, e.g. ser2net `telnet(rfc2217)`: the
+framing is set remotely, so it is probed like a local port). pyserial's RFC 2217 client has no file
+descriptor to poll, so it runs in a small reader thread that hands chunks to the event loop.
 """
 
 from __future__ import annotations
@@ -29,12 +38,17 @@ import asyncio
 import contextlib
 import errno
 import functools
+import json
 import logging
+import os
 import termios
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final, Literal, TypeAlias
 
 log = logging.getLogger(__name__)
@@ -76,7 +90,22 @@ class LineSettings:
 
     @property
     def is_socket(self) -> bool:
+        """A raw TCP bridge: the framing is the bridge's business, there is nothing to set or probe."""
         return self.port.startswith("socket://")
+
+    @property
+    def is_rfc2217(self) -> bool:
+        """A telnet RFC 2217 bridge: the framing is set on the remote serial port, like a local one."""
+        return self.port.startswith("rfc2217://")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "port": self.port,
+            "baudrate": self.baudrate,
+            "parity": self.parity,
+            "bytesize": self.bytesize,
+            "stopbits": self.stopbits,
+        }
 
     @property
     def line(self) -> str:
@@ -87,30 +116,77 @@ class LineSettings:
         return self.port if self.is_socket else f"{self.port} {self.line}"
 
 
-# Line settings to try for `baudrate = "auto"`, most common first (FIELD-NOTES "Serial line settings").
+# Line settings to try for `baudrate = "auto"` and `amsd detect`, most common first (FIELD-NOTES
+# "Serial line settings"). The order matters beyond speed: an 8N1 meter read as 8E1 and a 7E1 meter
+# read as 8N1 can still produce frames now and then, so the setting that is right for most meters
+# of a family must come before its near misses.
 AUTO_LINE_SETTINGS: Final[tuple[tuple[int, Parity, Literal[7, 8], Literal[1, 2]], ...]] = (
     (2400, "E", 8, 1),  # Aidon, Kaifa, Sagemcom M-Bus (NO, SE, AT)
     (2400, "N", 8, 1),  # Kamstrup, Kaifa PL/AT, L+G AT
     (115200, "N", 8, 1),  # DSMR 4/5 P1, Iskra/L+G/Kamstrup P1
     (9600, "E", 7, 1),  # DSMR 2.2/3 (NL)
-    (115200, "E", 7, 1),  # Iskra /ISK9 (SI)
-    (38400, "N", 8, 1),  # Iskra AM550 HDLC
     (9600, "N", 8, 1),
-    (19200, "N", 8, 1),
+    (38400, "N", 8, 1),  # Iskra AM550 HDLC
+    (115200, "E", 7, 1),  # Iskra /ISK9 (SI)
 )
 
 
-def auto_candidates(port: str) -> list[LineSettings]:
-    """The auto-baud candidates for a port (a single one for socket://, where framing is moot)."""
+def auto_candidates(port: str, *, baudrate: int | None = None, parity: Parity | None = None) -> list[LineSettings]:
+    """The settings to probe, in order; `baudrate`/`parity` pin one half (`parity = "auto"` alone).
+
+    A socket:// bridge gets a single candidate: its line settings are configured on the bridge and
+    every setting would read the same bytes.
+    """
     if port.startswith("socket://"):
         return [LineSettings(port)]
-    return [LineSettings(port, baud, parity, size, stop) for baud, parity, size, stop in AUTO_LINE_SETTINGS]
+    chosen = [
+        (baud, par, size, stop)
+        for baud, par, size, stop in AUTO_LINE_SETTINGS
+        if (baudrate is None or baud == baudrate) and (parity is None or par == parity)
+    ]
+    if not chosen and baudrate is not None:  # an unusual fixed baud rate: try the usual framings
+        framings: tuple[tuple[Parity, Literal[7, 8]], ...] = (("E", 8), ("N", 8), ("E", 7))
+        chosen = [(baudrate, par, size, 1) for par, size in framings if parity is None or par == parity]
+    if not chosen:  # an unusual fixed parity: the usual baud rates with it
+        assert parity is not None
+        chosen = [(baud, parity, 8, 1) for baud in (2400, 115200, 9600, 38400)]
+    return [LineSettings(port, baud, par, size, stop) for baud, par, size, stop in chosen]
+
+
+def prefer(candidates: Sequence[LineSettings], first: LineSettings | None) -> list[LineSettings]:
+    """`candidates` with `first` moved (or added) to the front: a remembered setting is tried first."""
+    if first is None:
+        return list(candidates)
+    return [first, *(candidate for candidate in candidates if candidate != first)]
+
+
+# ------------------------------------------------------------------------------------ persistence
+def load_line_settings(path: Path, port: str) -> LineSettings | None:
+    """The setting detected earlier for `port`, or None (no file, another port, unreadable file)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("port") != port:
+            return None
+        # LineSettings validates the values; a hand-edited file with nonsense counts as no file.
+        return LineSettings(port, int(data["baudrate"]), data["parity"], data["bytesize"], data["stopbits"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def save_line_settings(path: Path, settings: LineSettings) -> None:
+    """Write the detected setting atomically (a crash never leaves half a file); raises OSError."""
+    record = settings.to_json() | {"detected_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def describe_error(exc: BaseException | None, settings: LineSettings) -> str:
     """A one-line, user-facing reason for a failed open or a lost line (never contains secrets)."""
     if exc is None:
-        return "connection closed by the other end (EOF)" if settings.is_socket else "line closed"
+        remote = settings.is_socket or settings.is_rfc2217
+        return "connection closed by the other end (EOF)" if remote else "line closed"
     # termios.error is not an OSError; it carries (errno, text). EINVAL means the tty refused the
     # framing, which is what a pseudo-terminal does for parity or 7 data bits.
     if isinstance(exc, termios.error):
@@ -167,6 +243,8 @@ async def open_line(
             serial_asyncio_fast.create_serial_connection(loop, lambda: protocol, settings.port), timeout
         )
         return transport, lost
+    if settings.is_rfc2217:
+        return await _open_rfc2217(settings, protocol, timeout)
 
     # Open the tty ourselves rather than through create_serial_connection: when the transport's
     # set-up fails (a pty accepts parity once, then refuses it with EINVAL when the transport sets
@@ -201,6 +279,83 @@ def _open_tty(settings: LineSettings) -> Any:
         exclusive=True,
         timeout=0,
     )
+
+
+class _ThreadedSerialTransport(asyncio.Transport):
+    """A read-only transport over a pyserial instance without a pollable fd (the RFC 2217 client).
+
+    A thread blocks in `read()` with a short timeout and hands each chunk to the loop. close()/abort()
+    only flag the thread: it closes the instance itself (pyserial's close joins its own network
+    thread, which must not happen on the event loop) and then reports `connection_lost`.
+    """
+
+    POLL_S: Final = 0.2
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, protocol: asyncio.Protocol, instance: Any) -> None:
+        super().__init__()
+        self._loop = loop
+        self._protocol = protocol
+        self._instance = instance
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._read_loop, name=f"amsd-rfc2217 {instance.port}", daemon=True)
+        protocol.connection_made(self)
+        self._thread.start()
+
+    def _read_loop(self) -> None:
+        instance = self._instance
+        error: Exception | None = None
+        try:
+            while not self._closing.is_set():
+                data = instance.read(max(1, instance.in_waiting))
+                if data and not self._closing.is_set():
+                    self._loop.call_soon_threadsafe(self._protocol.data_received, data)
+        except Exception as exc:  # the bridge went away: the reader reopens
+            error = exc
+        finally:
+            with contextlib.suppress(Exception):
+                instance.close()
+            with contextlib.suppress(RuntimeError):  # the loop is already closed at interpreter exit
+                self._loop.call_soon_threadsafe(self._protocol.connection_lost, error)
+
+    def is_closing(self) -> bool:
+        return self._closing.is_set()
+
+    def close(self) -> None:
+        self._closing.set()
+
+    def abort(self) -> None:
+        self._closing.set()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._instance if name == "serial" else default
+
+
+async def _open_rfc2217(
+    settings: LineSettings, protocol: asyncio.Protocol, timeout: float
+) -> tuple[asyncio.BaseTransport, asyncio.Future[BaseException | None]]:
+    assert isinstance(protocol, _LineProtocol)
+    loop = asyncio.get_running_loop()
+
+    def connect() -> Any:
+        import serial
+
+        # timeout: how long read() blocks, so the thread notices close() promptly.
+        return serial.serial_for_url(
+            settings.port,
+            baudrate=settings.baudrate,
+            parity=settings.parity,
+            bytesize=settings.bytesize,
+            stopbits=settings.stopbits,
+            timeout=_ThreadedSerialTransport.POLL_S,
+        )
+
+    opening = loop.run_in_executor(None, connect)
+    try:
+        instance = await asyncio.wait_for(asyncio.shield(opening), timeout)
+    except BaseException:
+        opening.add_done_callback(_close_opened)
+        raise
+    return _ThreadedSerialTransport(loop, protocol, instance), protocol.lost
 
 
 def _close_opened(opening: asyncio.Future[Any]) -> None:
@@ -252,6 +407,9 @@ class LineReader:
         candidates: Sequence[LineSettings] | None = None,
         new_validator: Callable[[], Validator] | None = None,
         probe_seconds: float = DEFAULT_PROBE_SECONDS,
+        on_lock: Callable[[LineSettings], None] | None = None,
+        decoded_frames: Callable[[], int] | None = None,
+        redetect_after: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if backoff_initial <= 0 or backoff_max < backoff_initial:
@@ -282,6 +440,13 @@ class LineReader:
         self.locked = len(self._candidates) <= 1
         if self._candidates:
             self.settings = self._candidates[0]
+        self._on_lock = on_lock
+        # Re-detection: only meaningful with candidates to go back to and a count to watch.
+        self._decoded_frames = decoded_frames
+        self.redetect_after = redetect_after if decoded_frames is not None and self._candidates else None
+        self._frames_seen = -1  # decoded_frames() at the last check
+        self._frames_moved_at = clock()  # when that count last changed (or the line was locked)
+        self.redetects = 0
 
         self.state: ReaderState = "stopped"
         self.opens = 0
@@ -325,6 +490,7 @@ class LineReader:
             "failures": self.failures,
             "bytes_read": self.bytes_read,
             "silence_reopens": self.silence_reopens,
+            "redetects": self.redetects,
             "retry_delay_s": self.retry_delay,
             "last_data_age_s": age,
             "last_error": self.last_error,
@@ -334,9 +500,7 @@ class LineReader:
     async def run(self) -> None:
         """Open, read, reopen; until cancelled."""
         self._started_at = self._clock()
-        watchdog = (
-            asyncio.create_task(self._watchdog(), name="amsd-reader-watchdog") if self.idle_timeout else None
-        )
+        watchdog = asyncio.create_task(self._watchdog(), name="amsd-reader-watchdog") if self.idle_timeout else None
         delay = self.backoff_initial
         transport: asyncio.BaseTransport | None = None
         lost: asyncio.Future[BaseException | None] | None = None
@@ -394,6 +558,9 @@ class LineReader:
             elif self.silence_reopen_after is not None:
                 last = max(self.last_data_monotonic or opened_at, opened_at)
                 deadline = last + self.silence_reopen_after
+            redetect_at = self._redetect_due()
+            if redetect_at is not None:
+                deadline = redetect_at if deadline is None else min(deadline, redetect_at)
             timeout = None if deadline is None else max(0.0, deadline - self._clock())
             waiters: set[asyncio.Future[Any]] = {lost}
             lock_wait: asyncio.Future[Any] | None = None
@@ -410,6 +577,10 @@ class LineReader:
             if lock_wait is not None and self.locked:
                 continue  # just locked on this setting; keep reading it
             now = self._clock()
+            if redetect_at is not None and now >= redetect_at:
+                self._redetect_due()  # refresh the count before judging
+                if self._should_redetect(now):
+                    return self._start_redetect(now)
             if deadline is not None and now >= deadline:
                 if not self.locked:
                     log.info("no valid frame on %s within %.3g s", settings, self.probe_seconds)
@@ -418,6 +589,36 @@ class LineReader:
                 if now - last >= (self.silence_reopen_after or 0.0):
                     self.silence_reopens += 1
                     return f"no data for {now - last:.0f} s; reopening the line (adapters can wedge silently)"
+
+    # ------------------------------------------------------------------------------------ re-detection
+    def _redetect_due(self) -> float | None:
+        """When to look at the decoded-frame count next (None: not watching)."""
+        if self.redetect_after is None or not self.locked:
+            return None
+        assert self._decoded_frames is not None
+        count = self._decoded_frames()
+        if count != self._frames_seen:
+            self._frames_seen = count
+            self._frames_moved_at = self._clock()
+        # Checked at least every minute: the count can move without waking this task.
+        return min(self._frames_moved_at + self.redetect_after, self._clock() + min(60.0, self.redetect_after))
+
+    def _should_redetect(self, now: float) -> bool:
+        # Bytes must still be arriving: a silent line is the silence watchdog's case, not a wrong setting.
+        last = self.last_data_monotonic
+        stale = now - self._frames_moved_at >= (self.redetect_after or 0.0)
+        return stale and last is not None and last > self._frames_moved_at
+
+    def _start_redetect(self, now: float) -> str:
+        self.redetects += 1
+        idle = now - self._frames_moved_at
+        self.locked = False
+        self._lock_event.clear()
+        # Start over from the remembered/first candidate; the current one gets another chance in turn.
+        self._probe_index = 0
+        self.settings = self._candidates[0]
+        self._frames_moved_at = now
+        return f"bytes arrive but no frame decoded for {idle:.0f} s; detecting the line settings again"
 
     def _next_candidate(self) -> None:
         if self._candidates:
@@ -457,7 +658,14 @@ class LineReader:
             return
         self.locked = True
         self._validator = None
+        self._frames_moved_at = self._clock()
+        self._frames_seen = -1
         log.info("line settings detected: %s", self.settings)
+        if self._on_lock is not None:
+            try:
+                self._on_lock(self.settings)
+            except Exception:
+                self._callback_failed("on_lock")
         replay = bytes(buffer)
         buffer.clear()
         self._lock_event.set()
@@ -553,17 +761,20 @@ async def probe_line_settings(
     seconds: float = DEFAULT_PROBE_SECONDS,
     open_timeout: float = OPEN_TIMEOUT_S,
     on_attempt: Callable[[ProbeAttempt], None] | None = None,
+    on_start: Callable[[ProbeAttempt], None] | None = None,
 ) -> ProbeReport:
     """Try each line setting once for up to `seconds`; stop at the first one the validator accepts.
 
-    `on_attempt` is called after each attempt (for progress output). Open errors are recorded in the
-    attempt, not raised.
+    `on_start` is called before and `on_attempt` after each attempt (progress output; the attempt's
+    `bytes_received` grows while it runs). Open errors are recorded in the attempt, not raised.
     """
     report = ProbeReport(found=None)
     for settings in candidates if candidates is not None else auto_candidates(port):
         attempt = ProbeAttempt(settings)
         listener = _ProbeListener(attempt, new_validator())
         accepted = listener.accepted
+        if on_start is not None:
+            on_start(attempt)
         try:
             transport, lost = await open_line(settings, listener.deliver, timeout=open_timeout)
         except Exception as exc:
@@ -571,12 +782,14 @@ async def probe_line_settings(
         else:
             accept_wait: asyncio.Future[Any] = asyncio.ensure_future(accepted.wait())
             waiters: set[asyncio.Future[Any]] = {accept_wait, lost}
+            ended_by_line = False
             try:
                 await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+                ended_by_line = lost.done()  # before our own close below ends it too
             finally:
                 accept_wait.cancel()
                 await close_line(transport, lost)
-            if not attempt.accepted and lost.done():
+            if not attempt.accepted and ended_by_line:
                 attempt.error = describe_error(lost.result(), settings)
         report.attempts.append(attempt)
         if on_attempt is not None:

@@ -32,7 +32,16 @@ from typing import Any, Final
 
 from amsd.sim.meters import PROFILES, ExpectedValue, MeterSimulator, SimFrame
 
-__all__ = ["FrameRecord", "SimServer", "parse_hex_key", "serve_pty", "serve_tcp", "simulate_command"]
+__all__ = [
+    "FrameRecord",
+    "ReplayServer",
+    "SimServer",
+    "parse_hex_key",
+    "serve_pty",
+    "serve_replay",
+    "serve_tcp",
+    "simulate_command",
+]
 
 EXIT_OK: Final = 0
 EXIT_RUNTIME: Final = 1
@@ -563,6 +572,175 @@ async def serve_pty(
     return server
 
 
+# ------------------------------------------------------------------------------------ replay
+
+
+class ReplayServer:
+    """Plays recorded chunks (an `amsd capture` file) at their original offsets divided by `speed`.
+
+    Each chunk is written as it was read, so a reader sees the same bytes in about the same pieces
+    and with the same gaps. When the last chunk is out the line is drained and closed (`finished`).
+    """
+
+    def __init__(
+        self,
+        chunks: list[tuple[float, bytes]],
+        output: _Output,
+        *,
+        speed: float = 1.0,
+        wait_for_reader: bool = False,
+    ) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self.chunks = chunks
+        self._output = output
+        self.speed = speed
+        self.wait_for_reader = wait_for_reader
+        self.chunks_sent = 0
+        self.bytes_sent = 0
+        self.bytes_dropped = 0
+        self.finished = asyncio.Event()
+        self.error: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        return self._output.address
+
+    async def _start(self) -> None:
+        await self._output.start()
+        self._task = asyncio.create_task(self._run(), name="amsd-simulate-replay")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            if self.wait_for_reader:
+                await self._output.wait_reader()
+            t0 = loop.time()
+            first = self.chunks[0][0] if self.chunks else 0.0
+            for offset, chunk in self.chunks:
+                delay = t0 + (offset - first) / self.speed - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                self.bytes_dropped += self._output.write(chunk)
+                self.bytes_sent += len(chunk)
+                self.chunks_sent += 1
+            await self._output.drain(2.0)
+            await self._output.close()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # surfaced through .error and the finished event
+            self.error = exc
+        finally:
+            self.finished.set()
+
+    async def stop(self) -> None:
+        """Stop playing and close the line. Safe to call more than once."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.finished.set()
+        await self._output.close()
+
+    async def __aenter__(self) -> ReplayServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def serve_replay(
+    chunks: list[tuple[float, bytes]],
+    *,
+    tcp: tuple[str, int] | None = None,
+    link: str | None = None,
+    speed: float = 1.0,
+    wait_for_client: bool = False,
+) -> ReplayServer:
+    """Replay timed chunks on TCP (`tcp=(host, port)`) or on a new pty (default)."""
+    output: _Output = _TcpOutput(*tcp) if tcp is not None else _PtyOutput(link, None)
+    server = ReplayServer(chunks, output, speed=speed, wait_for_reader=wait_for_client and tcp is not None)
+    await server._start()
+    return server
+
+
+async def _replay(args: argparse.Namespace, chunks: list[tuple[float, bytes]], header: dict[str, str]) -> int:
+    tcp = _parse_tcp(args.tcp) if args.tcp else None
+    server = await serve_replay(
+        chunks,
+        tcp=tcp,
+        link=getattr(args, "link", None),
+        speed=args.speed,
+        wait_for_client=getattr(args, "wait_client", False),
+    )
+    _emit(server.address)
+    duration = chunks[-1][0] - chunks[0][0] if chunks else 0.0
+    _emit(
+        json.dumps(
+            {
+                "event": "ready",
+                "tcp" if tcp is not None else "pty": server.address,
+                "replay": args.replay,
+                "recorded_line": {k: header[k] for k in ("baudrate", "bytesize", "parity", "stopbits") if k in header},
+                "chunks": len(chunks),
+                "bytes": sum(len(chunk) for _, chunk in chunks),
+                "duration_s": round(duration / args.speed, 3),
+                "speed": args.speed,
+            }
+        )
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    stop_wait = asyncio.create_task(stop.wait())
+    finished_wait = asyncio.create_task(server.finished.wait())
+    try:
+        await asyncio.wait({stop_wait, finished_wait}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop_wait.cancel()
+        finished_wait.cancel()
+        await server.stop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    print(
+        f"amsd simulate: replayed {server.chunks_sent} of {len(chunks)} chunks, {server.bytes_sent} bytes",
+        file=sys.stderr,
+        flush=True,
+    )
+    if server.error is not None:
+        print(f"amsd simulate: {server.error}", file=sys.stderr)
+        return EXIT_RUNTIME
+    return EXIT_OK
+
+
+def _replay_command(args: argparse.Namespace) -> int:
+    from amsd.tools import CaptureFormatError, parse_capture  # lazy: only replays need it
+
+    try:
+        if args.speed <= 0:
+            raise UsageError("--speed: must be positive")
+        if args.tcp:
+            _parse_tcp(args.tcp)  # a bad --tcp is reported before the file is read
+        with open(args.replay, "rb") as handle:
+            capture = parse_capture(handle.read())
+    except UsageError as exc:
+        print(f"amsd simulate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"amsd simulate: cannot read {args.replay}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CaptureFormatError as exc:
+        print(f"amsd simulate: --replay {args.replay}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return asyncio.run(_replay(args, capture.chunks, capture.header))
+    except OSError as exc:
+        print(f"amsd simulate: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+
+
 # ------------------------------------------------------------------------------------ command
 
 _KEY_NOISE: Final = re.compile(r"[\s:,\-]|0[xX]")
@@ -611,6 +789,8 @@ def simulate_command(args: argparse.Namespace) -> int:
     if getattr(args, "list_profiles", False):
         print(_list_profiles())
         return EXIT_OK
+    if getattr(args, "replay", None):
+        return _replay_command(args)
     try:
         options = _options(args)
     except UsageError as exc:

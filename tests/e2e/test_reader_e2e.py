@@ -15,6 +15,7 @@ import pytest
 from amsd.decoder import Decoder, Reading
 from amsd.reader import LineReader, LineSettings, auto_candidates
 from amsd.sim.simulate import SimServer, serve_pty, serve_tcp
+from amsd.tools import parse_capture
 
 pytestmark = pytest.mark.e2e
 
@@ -231,11 +232,11 @@ async def test_detect_command_nothing_found_gives_hints() -> None:
 
 async def test_capture_command_records_decodable_bytes(tmp_path: Path) -> None:
     sim = await serve_tcp("aidon-no", speed=20)
-    output = tmp_path / "capture.bin"
+    output = tmp_path / "capture.txt"
     async with simulator(sim):
         code, _out, err = await run_amsd("capture", sim.address, "-o", str(output), "--seconds", "1.5")
     assert code == 0, err
-    data = output.read_bytes()
+    data = parse_capture(output.read_bytes()).data
     assert f"Wrote {len(data)} bytes" in err
     decoder = Decoder()
     events = decoder.feed(data) + decoder.flush()
