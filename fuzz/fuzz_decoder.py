@@ -1,67 +1,111 @@
 """Fuzz harness for the decoder: no input may raise, and every event must be well-formed.
 
-    .venv/bin/python fuzz/fuzz_decoder.py [--seconds 60] [--seed-dir DIR]      # built-in mutator
-    .venv/bin/python fuzz/fuzz_decoder.py --atheris [libFuzzer args ...]      # coverage-guided
+    .venv/bin/python fuzz/fuzz_decoder.py [--seconds 60] [--seed-dir DIR]        # built-in mutator
+    .venv/bin/python fuzz/fuzz_decoder.py --atheris [--seconds 600] [libFuzzer args ...]
 
-The built-in mutator needs nothing beyond amsd: it mutates seeds (frames from amsd's own simulator,
-plus the conformance corpus when present) with bit flips, byte insertions, deletions, splices and
-chunked feeding. With `pip install atheris` the same target runs under libFuzzer.
+Both modes run the same target over `Decoder.feed` (chunked as the first input byte says) and `flush`.
+Seeds: frames from amsd's own simulator (every profile, plain and encrypted) plus the conformance
+corpus when it is present (read at run time from ../shared/conformance or $AMSD_CONFORMANCE_DIR;
+never copied into the project). Keys: the fuzz key, and the keys the corpus publishes with its frames,
+so that decryption and the layers behind it are reached.
+
+`--atheris` is coverage-guided (libFuzzer via atheris; `pip install atheris`, a wheel on x86_64 Linux
+for CPython 3.11): amsd's modules are instrumented, the seeds are written to a corpus directory
+(`--corpus`, default a temporary one) and libFuzzer reports `cov:` (edges) and `ft:` (features) as it
+goes. Any exception or failed check is a crash: libFuzzer writes the input to `crash-*`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from amsd.decoder import Decoder, Reading, UndecodedFrame
-
-KEY = bytes(range(16))
-
-
-def target(data: bytes) -> None:
-    """One fuzz input: the first byte picks keys and chunk size, the rest is the line."""
-    if not data:
-        return
-    control, line = data[0], data[1:]
-    decoder = Decoder(KEY if control & 1 else None, KEY if control & 2 else None)
-    chunk = (control >> 2) or len(line) or 1
-    events = []
-    for pos in range(0, len(line), chunk):
-        events += decoder.feed(line[pos : pos + chunk])
-    events += decoder.flush()
-    for event in events:
-        if isinstance(event, UndecodedFrame):
-            assert event.layer and event.error and isinstance(event.raw, bytes)
-        else:
-            assert isinstance(event, Reading)
+REPO = Path(__file__).resolve().parent.parent
+FUZZ_KEY = bytes(range(16))
+FUZZ_AUTH_KEY = bytes(range(16, 32))
+# Filled by load_seeds(): (encryption key, authentication key) pairs the control byte chooses from.
+KEYS: list[tuple[bytes | None, bytes | None]] = [(None, None), (FUZZ_KEY, None), (FUZZ_KEY, FUZZ_AUTH_KEY)]
 
 
-def seeds(seed_dir: Path | None) -> list[bytes]:
+def conformance_dir() -> Path | None:
+    configured = os.environ.get("AMSD_CONFORMANCE_DIR")
+    path = Path(configured) if configured else REPO.parent / "shared" / "conformance"
+    cases = path / "cases" if (path / "cases").is_dir() else path
+    return cases if cases.is_dir() else None
+
+
+def simulator_seeds(frames_per_profile: int = 4) -> list[bytes]:
+    from amsd.sim.meters import PROFILES, MeterSimulator
+
     found: list[bytes] = []
-    try:
-        from amsd.sim.meters import seed_frames
+    for name, profile in PROFILES.items():
+        variants: list[dict[str, object]] = [{"encrypt": False}]
+        if profile.encryption != "never":
+            variants.append({"encryption_key": FUZZ_KEY, "authentication_key": FUZZ_AUTH_KEY})
+            variants.append({"encryption_key": FUZZ_KEY})
+        for options in variants:
+            try:
+                simulator = MeterSimulator(name, seed=7, **options)  # type: ignore[arg-type]
+            except ValueError:
+                continue
+            found += [simulator.next_frame().data for _ in range(frames_per_profile)]
+    return found
 
-        found += seed_frames()
-    except ImportError:
-        pass
-    corpus = Path(__file__).resolve().parent.parent.parent / "shared" / "conformance" / "cases"
-    if seed_dir is None and corpus.is_dir():
-        seed_dir = corpus
-    if seed_dir is not None:
-        import json
 
-        for path in sorted(seed_dir.glob("*.json")):
+def load_seeds(seed_dir: Path | None) -> list[bytes]:
+    """Seeds for both modes; also registers the corpus keys in KEYS."""
+    found = simulator_seeds()
+    directory = seed_dir or conformance_dir()
+    if directory is not None:
+        for path in sorted(directory.glob("*.json")):
             case = json.loads(path.read_text(encoding="utf-8"))
             if case.get("input_hex"):
                 found.append(bytes.fromhex("".join(case["input_hex"].split())))
             elif case.get("input_text"):
                 found.append(case["input_text"].encode("latin-1"))
-    return found or [b"\x7e\xa0\x07\x03\x03\x13\x00\x00\x7e"]
+            if case.get("key_hex"):
+                pair = (
+                    bytes.fromhex(case["key_hex"]),
+                    bytes.fromhex(case["auth_key_hex"]) if case.get("auth_key_hex") else None,
+                )
+                if pair not in KEYS:
+                    KEYS.append(pair)
+    return found
+
+
+def target(data: bytes) -> None:
+    """One fuzz input: the first byte picks the keys and the chunk size, the rest is the line."""
+    from amsd.decoder import Decoder, Reading, UndecodedFrame
+
+    if not data:
+        return
+    control, line = data[0], data[1:]
+    encryption_key, authentication_key = KEYS[control % len(KEYS)]
+    decoder = Decoder(encryption_key, authentication_key)
+    chunk = (control >> 3) or len(line) or 1
+    events = []
+    for pos in range(0, len(line), chunk):
+        events += decoder.feed(line[pos : pos + chunk])
+    events += decoder.flush()
+    reported = 0
+    for event in events:
+        if isinstance(event, UndecodedFrame):
+            assert event.layer and event.error and isinstance(event.raw, bytes), event
+            assert event.error.replace("_", "").isalpha(), event.error
+            reported += len(event.raw)
+        else:
+            assert isinstance(event, Reading), event
+            assert isinstance(event.values, dict)
+    # Nothing grows without bound: what is reported never exceeds a few times the input.
+    assert reported <= 4 * len(line) + 64, (reported, len(line))
 
 
 def mutate(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes:
@@ -88,22 +132,11 @@ def mutate(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes:
     return bytes([rng.randrange(256)]) + bytes(buf)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--seed-dir", type=Path)
-    parser.add_argument("--atheris", action="store_true")
-    args, rest = parser.parse_known_args()
-    if args.atheris:
-        import atheris  # type: ignore[import-not-found]
-
-        atheris.Setup([sys.argv[0], *rest], target)
-        atheris.Fuzz()
-        return 0
-    rng = random.Random(args.seed)
-    pool = seeds(args.seed_dir)
-    deadline = time.monotonic() + args.seconds
+def run_builtin(seconds: float, seed: int, pool: list[bytes]) -> tuple[int, float]:
+    """Mutate seeds for `seconds`; returns (inputs run, inputs per second). Raises on the first failure."""
+    rng = random.Random(seed)
+    started = time.monotonic()
+    deadline = started + seconds
     runs = 0
     while time.monotonic() < deadline:
         data = mutate(rng, rng.choice(pool), pool)
@@ -113,7 +146,51 @@ def main() -> int:
             print(f"CRASH on input {data.hex()}", file=sys.stderr)
             raise
         runs += 1
-    print(f"{runs} inputs in {args.seconds:.0f} s, no failure ({len(pool)} seeds)")
+    elapsed = time.monotonic() - started
+    return runs, runs / elapsed if elapsed else 0.0
+
+
+def instrument_amsd() -> None:
+    """Import amsd's modules under atheris' instrumentation (before anything else imports them), so
+    that libFuzzer sees coverage of amsd only: instrumenting every loaded library takes minutes."""
+    import atheris  # type: ignore[import-not-found,import-untyped,unused-ignore]
+
+    with atheris.instrument_imports(include=["amsd"]):
+        import amsd.decoder
+        import amsd.sim.meters  # noqa: F401
+
+
+def run_atheris(seconds: float, corpus: Path | None, pool: list[bytes], libfuzzer_args: list[str]) -> None:
+    import atheris  # type: ignore[import-not-found,import-untyped,unused-ignore]
+
+    directory = corpus or Path(tempfile.mkdtemp(prefix="amsd-fuzz-corpus-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    for n, seed in enumerate(pool):
+        # A control byte per key set, so that every seed is tried with each key.
+        for index in range(len(KEYS)):
+            (directory / f"seed-{n:04d}-{index}").write_bytes(bytes([index]) + seed)
+    args = [sys.argv[0], str(directory), "-print_final_stats=1", f"-max_total_time={int(seconds)}", *libfuzzer_args]
+    print(f"atheris: {len(pool)} seeds x {len(KEYS)} key sets in {directory}", file=sys.stderr)
+    atheris.Setup(args, target)
+    atheris.Fuzz()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed-dir", type=Path, help="conformance cases directory (default: ../shared/conformance)")
+    parser.add_argument("--atheris", action="store_true", help="coverage-guided, with libFuzzer")
+    parser.add_argument("--corpus", type=Path, help="atheris: corpus directory (kept between runs)")
+    args, rest = parser.parse_known_args()
+    if args.atheris:
+        instrument_amsd()
+    pool = load_seeds(args.seed_dir)
+    if args.atheris:
+        run_atheris(args.seconds, args.corpus, pool, rest)
+        return 0
+    runs, rate = run_builtin(args.seconds, args.seed, pool)
+    print(f"{runs} inputs in {args.seconds:.0f} s ({rate:.0f}/s), no failure ({len(pool)} seeds, {len(KEYS)} key sets)")
     return 0
 
 
