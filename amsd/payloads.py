@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Final
 
 from amsd.decoder import Reading, UndecodedFrame
@@ -50,9 +50,13 @@ READABLE_KEYS: Final[dict[tuple[int, int, int], str]] = {
     (4, 8, 0): "energy_reactive_export",
 }
 # Counters that only ever rise (Home Assistant total_increasing).
-COUNTER_KEYS: Final = frozenset(
-    [*(key for key in READABLE_KEYS.values() if key.startswith("energy_")), "gas"]
-)
+COUNTER_KEYS: Final = frozenset([*(key for key in READABLE_KEYS.values() if key.startswith("energy_")), "gas"])
+# Signed power at the grid connection: import minus export (W), for Home Assistant's Energy dashboard.
+GRID_POWER_KEY: Final = "grid_power"
+# The meter's clock, published as an ISO 8601 string with offset (the only non-numeric value topic).
+METER_TIME_KEY: Final = "meter_time"
+# Every per-value topic key amsd may publish: readable keys, gas and the derived ones.
+VALUE_KEYS: Final = frozenset([*READABLE_KEYS.values(), "gas", GRID_POWER_KEY, METER_TIME_KEY])
 # DSMR gas (0-n:24.2.1 / 24.2.3): [timestamp, volume]; the volume becomes `gas`.
 _GAS: Final = frozenset(((24, 2, 1), (24, 2, 3)))
 
@@ -118,7 +122,29 @@ def readable_values(reading: Reading) -> dict[str, int | float]:
             data = next((v for v in reversed(data) if isinstance(v, int | float)), None)
         if isinstance(data, int | float) and not isinstance(data, bool):
             out[key] = data
+    imported, exported = out.get("power_import"), out.get("power_export")
+    if imported is not None and exported is not None:
+        # Only when the message has both: list 1 (import only) must not make export look like 0.
+        out[GRID_POWER_KEY] = imported - exported
     return out
+
+
+def meter_time(reading: Reading, received: datetime) -> datetime | None:
+    """The meter's clock as an aware datetime.
+
+    Meters that send local wall time without an offset (Norwegian Aidon and Kaifa) get the offset
+    that brings their clock nearest to `received` (aware, UTC), rounded to a quarter hour: meter
+    clocks are kept within seconds by the grid operator, so this is their zone's offset, daylight
+    saving included, without a time zone setting and whatever zone the host runs in. A clock more
+    than 14 hours off (no zone is) is taken to be in the host's zone.
+    """
+    moment = reading.timestamp
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    quarters = round((moment - received.astimezone(UTC).replace(tzinfo=None)).total_seconds() / 900)
+    if abs(quarters) > 14 * 4:
+        return moment.astimezone()
+    return moment.replace(tzinfo=timezone(timedelta(minutes=15 * quarters)))
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -153,17 +179,31 @@ def obis_payload(reading: Reading, received: datetime) -> bytes:
     )
 
 
-def amsreader_payload(reading: Reading, values: dict[str, int | float]) -> bytes:
-    """The amsreader-firmware compatible JSON (`P`, `PO`, `I1`, `tPI`, `rtc`, `lv`, `id`, `type`...)."""
-    body: dict[str, Any] = {AMSREADER_KEYS[k]: v for k, v in values.items() if k in AMSREADER_KEYS}
-    for key in ("energy_import", "energy_export", "energy_reactive_import", "energy_reactive_export"):
-        if key in values:
-            body[AMSREADER_KEYS[key]] = values[key]
-    if reading.timestamp is not None:
-        body["rtc"] = int(reading.timestamp.timestamp())
-    body["lv"] = reading.list
-    body["id"] = reading.meter_id
-    body["type"] = reading.model
+def amsreader_payload(
+    reading: Reading, values: dict[str, int | float], *, name: str, received: datetime, uptime_s: int
+) -> bytes:
+    """amsreader-firmware's "JSON (classic)" message: device fields at the top, meter data in `data`.
+
+    Units as the firmware's: P/PO W, Q/QO var, I A, U V, tPI/tPO kWh, tQI/tQO kvarh, rtc and t epoch
+    seconds. `lv` is the meter's list version id (e.g. `AIDON_V0001`), `id` its serial, `type` its
+    model. Keys the message does not carry are left out, as the firmware leaves them out of list 1.
+    The ESP's own fields (`vcc`, `rssi`, `temp`) have no meaning here and are not sent.
+    """
+    data: dict[str, Any] = {}
+    for field_name, text in (("lv", reading.list), ("id", reading.meter_id), ("type", reading.model)):
+        if text is not None:
+            data[field_name] = text
+    data.update((AMSREADER_KEYS[k], v) for k, v in values.items() if k in AMSREADER_KEYS)
+    clock = meter_time(reading, received)
+    if clock is not None:
+        data["rtc"] = int(clock.timestamp())
+    body: dict[str, Any] = {
+        "id": name,
+        "name": name,
+        "up": uptime_s,
+        "t": int((clock or received).timestamp()),
+        "data": data,
+    }
     return dumps(body)
 
 

@@ -21,6 +21,7 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+bash scripts/install-node-red.sh  # Node-RED for its e2e test; a no-op without npm (the test then skips)
 
 echo "== ruff"; .venv/bin/ruff check amsd tests bench
 echo "== mypy --strict"; .venv/bin/mypy

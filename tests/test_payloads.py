@@ -148,9 +148,19 @@ def test_amsreader_payload() -> None:
         "1-0:4.8.0.255": Value(40.0, "kvarh"),
         "1-0:14.7.0.255": Value(50.01, "Hz"),  # no amsreader field
     }
-    reading = _reading(values)
-    body = json.loads(payloads.amsreader_payload(reading, payloads.readable_values(reading)))
-    assert body == {
+    reading = _reading(values, list="AIDON_V0001")
+    raw = payloads.amsreader_payload(
+        reading, payloads.readable_values(reading), name="house", received=RECEIVED, uptime_s=42
+    )
+    body = json.loads(raw)
+    # amsreader's "JSON (classic)": device fields at the top, the meter's data in `data`.
+    assert {k: v for k, v in body.items() if k != "data"} == {
+        "id": "house",
+        "name": "house",
+        "up": 42,
+        "t": int(METER_TIME.timestamp()),
+    }
+    assert body["data"] == {
         "P": 1247,
         "PO": 0,
         "Q": 10,
@@ -166,10 +176,89 @@ def test_amsreader_payload() -> None:
         "tQI": 30.0,
         "tQO": 40.0,
         "rtc": int(METER_TIME.timestamp()),
-        "lv": "3",
+        "lv": "AIDON_V0001",
         "id": "7359992890941742",
         "type": "6841131BN243101040",
     }
+
+
+def test_amsreader_units_are_the_firmwares() -> None:
+    """W, var, A, V, kWh, kvarh and epoch seconds whatever the meter sent (decoder canonical units)."""
+    units = {"P": "W", "PO": "W", "Q": "var", "QO": "var", "tPI": "kWh", "tPO": "kWh", "tQI": "kvarh", "tQO": "kvarh"}
+    units |= {f"I{n}": "A" for n in (1, 2, 3)} | {f"U{n}": "V" for n in (1, 2, 3)}
+    by_key = {v: k for k, v in payloads.AMSREADER_KEYS.items()}
+    assert set(units) == set(by_key)
+    expected_unit = {"power": "W", "reactive": "var", "current": "A", "voltage": "V"}
+    for field, unit in units.items():
+        key = by_key[field]
+        if key.startswith("energy_reactive"):
+            assert unit == "kvarh"
+        elif key.startswith("energy"):
+            assert unit == "kWh"
+        else:
+            assert expected_unit[key.split("_")[0]] == unit, (field, key)
+
+
+def test_amsreader_list_1_and_naive_clock() -> None:
+    """List 1 carries power only: no `lv`/`id`/`type`, as the firmware's list-1 message. A naive meter
+    clock (Aidon) is local time: `rtc` is its true epoch (the zone inferred); `t` falls back to `received`."""
+    reading = _reading({"1-0:1.7.0.255": Value(900, "W")}, meter_id=None, model=None, list=None, timestamp=None)
+    body = json.loads(
+        payloads.amsreader_payload(reading, {"power_import": 900}, name="m", received=RECEIVED, uptime_s=0)
+    )
+    assert body["data"] == {"P": 900} and body["t"] == int(RECEIVED.timestamp())
+    naive = datetime(2026, 3, 1, 13, 0, 0)  # Oslo local time, one hour ahead of RECEIVED (UTC)
+    reading = _reading({"1-0:1.7.0.255": Value(900, "W")}, timestamp=naive)
+    body = json.loads(
+        payloads.amsreader_payload(reading, {"power_import": 900}, name="m", received=RECEIVED, uptime_s=0)
+    )
+    assert body["data"]["rtc"] == int(datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC).timestamp())
+
+
+def test_grid_power_is_import_minus_export_only_when_both_are_sent() -> None:
+    both = _reading({"1-0:1.7.0.255": Value(200, "W"), "1-0:2.7.0.255": Value(1500, "W")})
+    assert payloads.readable_values(both)[payloads.GRID_POWER_KEY] == -1300
+    import_only = _reading({"1-0:1.7.0.255": Value(200, "W")})  # Norwegian list 1
+    assert payloads.GRID_POWER_KEY not in payloads.readable_values(import_only)
+
+
+def test_meter_time_is_always_aware() -> None:
+    assert payloads.meter_time(_reading({}), RECEIVED) == METER_TIME  # an offset from the meter wins
+    assert payloads.meter_time(_reading({}, timestamp=None), RECEIVED) is None
+
+
+@pytest.mark.parametrize(
+    ("wall", "received", "offset_minutes"),
+    [
+        # Oslo winter (+01:00) and summer (+02:00), the meter a few seconds either side of the host.
+        (datetime(2026, 1, 15, 13, 0, 0), datetime(2026, 1, 15, 12, 0, 3, tzinfo=UTC), 60),
+        (datetime(2026, 7, 1, 14, 0, 2), datetime(2026, 7, 1, 11, 59, 58, tzinfo=UTC), 120),
+        # Across midnight and the new year, a received time in another zone, a half-hour zone.
+        (datetime(2027, 1, 1, 0, 0, 1), datetime(2026, 12, 31, 23, 0, 0, tzinfo=UTC), 60),
+        (datetime(2026, 3, 1, 13, 0, 0), datetime(2026, 3, 1, 7, 0, 0, tzinfo=timezone(timedelta(hours=-5))), 60),
+        (datetime(2026, 3, 1, 17, 30, 0), datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC), 330),
+        # A clock 5 minutes fast still gets its zone's offset.
+        (datetime(2026, 3, 1, 13, 5, 0), datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC), 60),
+    ],
+)
+def test_naive_meter_time_gets_the_offset_of_its_zone(wall: datetime, received: datetime, offset_minutes: int) -> None:
+    """Aidon/Kaifa send local wall time without an offset: the offset comes from the receive time."""
+    aware = payloads.meter_time(_reading({}, timestamp=wall), received)
+    assert aware is not None
+    assert aware.replace(tzinfo=None) == wall
+    assert aware.utcoffset() == timedelta(minutes=offset_minutes)
+
+
+def test_a_wildly_wrong_naive_clock_falls_back_to_the_host_zone() -> None:
+    wall = datetime(2001, 1, 1, 0, 0, 0)  # a meter with a reset clock
+    aware = payloads.meter_time(_reading({}, timestamp=wall), RECEIVED)
+    assert aware is not None and aware.tzinfo is not None and aware.replace(tzinfo=None) == wall
+
+
+def test_value_keys_cover_every_per_value_topic() -> None:
+    assert set(payloads.READABLE_KEYS.values()) | {"gas"} <= payloads.VALUE_KEYS
+    assert {payloads.GRID_POWER_KEY, payloads.METER_TIME_KEY} <= payloads.VALUE_KEYS
+    assert payloads.COUNTER_KEYS <= payloads.VALUE_KEYS
 
 
 def test_raw_payload_hex_and_reason() -> None:

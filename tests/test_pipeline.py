@@ -117,7 +117,8 @@ def test_one_reading_gives_state_obis_values_availability_and_discovery() -> Non
         assert message.persistent and not message.retain
     for key in ("power_import", "voltage_l1", "energy_import"):
         (message,) = sink.on(f"amsd/house/{key}")
-        assert not message.persistent and not message.retain
+        # Counters are retained (hourly on Norwegian meters: a restarted HA gets them at once).
+        assert not message.persistent and message.retain == (key == "energy_import")
     (availability,) = sink.on("amsd/house/availability")
     assert availability.payload == b"online" and availability.retain
     assert pipeline.counters["frames_ok"] == 1
@@ -177,7 +178,8 @@ def test_amsreader_payload_format() -> None:
     pipeline, sink = _pipeline(payload_format="amsreader")
     pipeline.on_data(_frame([_power(900), _energy(5000)]))
     (state,) = sink.json("amsd/house/state")
-    assert state == {"P": 900, "tPI": 5.0, "lv": None, "id": METER_ID, "type": None}
+    assert state["data"] == {"P": 900, "tPI": 5.0, "id": METER_ID}  # amsreader's classic `data` object
+    assert state["id"] == state["name"] == "house" and state["t"] == int(RECEIVED.timestamp())
     assert len(sink.on("amsd/house/obis")) == 1  # the full payload is still there
 
 
@@ -340,6 +342,11 @@ def _discovery_payload(sink: Sink) -> dict[str, Any]:
     return payload
 
 
+def _value_components(body: dict[str, Any]) -> set[str]:
+    """Announced per-value sensors (the diagnostic entities are always there)."""
+    return {key for key in body["components"] if not key.startswith("diagnostics_")}
+
+
 def test_discovery_waits_for_the_meter_id() -> None:
     pipeline, sink = _pipeline()
     pipeline.on_data(_frame([_power(1)], meter_id=None))  # Aidon/Kaifa list 1: power only, no id
@@ -351,7 +358,7 @@ def test_discovery_waits_for_the_meter_id() -> None:
     (message,) = sink.discovery()
     assert message.topic == f"homeassistant/device/amsd_{METER_ID}/config"
     assert message.retain and message.persistent
-    assert set(_discovery_payload(sink)["components"]) == {"power_import", "energy_import"}
+    assert _value_components(_discovery_payload(sink)) == {"power_import", "energy_import"}
 
 
 def test_discovery_shape() -> None:
@@ -382,7 +389,7 @@ def test_discovery_shape() -> None:
     assert body["qos"] == 1
     assert "object_id" not in json.dumps(body)  # removed from Home Assistant in 2026.4
 
-    components = body["components"]
+    components = {key: body["components"][key] for key in _value_components(body)}
     assert set(components) == {
         "power_import",
         "reactive_import",
@@ -427,7 +434,7 @@ def test_discovery_is_resent_only_when_new_keys_appear() -> None:
     assert len(sink.discovery()) == 2
     pipeline.on_data(_frame([_power(4)]))  # list 1 again: nothing removed, nothing re-sent
     assert len(sink.discovery()) == 2
-    assert set(_discovery_payload(sink)["components"]) == {"power_import", "energy_import"}
+    assert _value_components(_discovery_payload(sink)) == {"power_import", "energy_import"}
     again = pipeline.discovery_message()  # what the publisher re-sends when Home Assistant restarts
     assert again is not None and again.payload == sink.discovery()[-1].payload
 

@@ -27,7 +27,7 @@ import pytest
 
 from amsd.config import AmsdConfig, HomeAssistantConfig, MeterConfig, MqttConfig, OutboxConfig
 from amsd.daemon import Daemon
-from amsd.payloads import READABLE_KEYS, readable_key
+from amsd.payloads import METER_TIME_KEY, VALUE_KEYS, readable_key
 from amsd.sim.meters import MeterSimulator, SimFrame
 from amsd.sim.simulate import FrameRecord, SimServer, serve_pty, serve_tcp
 from tests.conftest import Subscriber
@@ -42,7 +42,6 @@ STOP_LIMIT_S = 10.0  # DESIGN.md section 5: SIGTERM ends the process within 10 s
 # spaces, non-ASCII (2-, 3- and 4-byte UTF-8).
 WEIRD_PASSWORD = ("q\"u'o\\te #=x y;z,{}[]$`!|&<>%:@ ÄÖÜ€ 漢字 😀 " * 6)[:200]
 WEIRD_USER = "amsd mëter"
-VALUE_KEYS = frozenset(READABLE_KEYS.values()) | {"gas"}
 META_TOPICS = frozenset(("state", "obis", "raw", "availability", "diagnostics"))
 LAYERS = frozenset(("hdlc", "mbus", "gbt", "cipher", "apdu", "dsmr", "stream", "llc", "frame"))
 
@@ -510,7 +509,10 @@ def check_topic(topic: str, payload: bytes, meters: set[str]) -> None:
     kind = parts[2]
     if kind not in META_TOPICS:
         assert kind in VALUE_KEYS, topic
-        assert math.isfinite(float(payload.decode("ascii"))), (topic, payload)
+        if kind == METER_TIME_KEY:  # the meter clock: ISO 8601 with an offset (a HA timestamp sensor)
+            assert datetime.fromisoformat(payload.decode("ascii")).tzinfo is not None, (topic, payload)
+        else:
+            assert math.isfinite(float(payload.decode("ascii"))), (topic, payload)
         return
     body = json.loads(payload)
     assert isinstance(body, dict), (topic, payload)
