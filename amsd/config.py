@@ -20,6 +20,7 @@ messages name the field and never contain the value (`hide_input_in_errors`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -125,6 +126,12 @@ MqttProtocol: TypeAlias = Annotated[Literal["3.1.1", "5"], PlainValidator(_valid
 
 def _upper(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
+
+
+def _parity(value: object) -> object:
+    if isinstance(value, str):
+        return "auto" if value.strip().lower() == "auto" else value.strip().upper()
+    return value
 
 
 def _lower(value: object) -> object:
@@ -264,13 +271,50 @@ class LogConfig(_Section):
     format: Annotated[Literal["auto", "console", "json", "journald"], BeforeValidator(_lower)] = "auto"
 
 
+class AccountingConfig(_Section):
+    """`[accounting]`: hourly/daily/monthly energy and the capacity tariff (docs/accounting.md)."""
+
+    enabled: bool = False
+    timezone: str = "Europe/Oslo"
+    peak_hours: int = Field(default=3, ge=1, le=31)
+    # The usual Norwegian capacity steps (kWh/h); grid operators differ.
+    thresholds_kwh: list[float] = Field(
+        default_factory=lambda: [2.0, 5.0, 10.0, 15.0, 20.0, 25.0, 50.0, 75.0, 100.0], min_length=1
+    )
+    # State files (accounting-<meter>.json); default: the outbox's directory (the state directory).
+    state_dir: Path | None = None
+    # Meters to account (names); default: all.
+    meters: list[str] | None = None
+    publish_interval_s: float = Field(default=10.0, ge=0, le=3600)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown time zone (use an IANA name such as Europe/Oslo)") from None
+        return value
+
+    @field_validator("thresholds_kwh")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        from itertools import pairwise
+
+        if value[0] <= 0 or any(b <= a for a, b in pairwise(value)):
+            raise ValueError("must be positive and strictly increasing")
+        return value
+
+
 class MeterConfig(_Section):
     """One `[[meters]]` entry."""
 
     name: str
     port: str
     baudrate: Baudrate = 2400
-    parity: Annotated[Literal["N", "E", "O"], BeforeValidator(_upper)] = "N"
+    parity: Annotated[Literal["N", "E", "O", "auto"], BeforeValidator(_parity)] = "N"
     bytesize: Literal[7, 8] = 8
     stopbits: Literal[1, 2] = 1
     encryption_key: AesKey | None = None
@@ -280,6 +324,8 @@ class MeterConfig(_Section):
     profile: str = Field(default="auto", pattern=r"^[a-z0-9_-]{1,64}$")
     publish_raw: Literal["errors", "all"] = "errors"
     idle_timeout_s: float = Field(default=30.0, gt=0, le=86_400)
+    # baudrate/parity "auto": detect again after this long with bytes arriving but no frame decoded.
+    redetect_after_s: float = Field(default=600.0, ge=30, le=86_400)
 
     @field_validator("name")
     @classmethod
@@ -295,7 +341,7 @@ class MeterConfig(_Section):
             return value
         match = _URL_PORT.fullmatch(value)
         if match is None or not 1 <= int(match["port"]) <= 65535:
-            raise ValueError("must be a device path (/dev/ttyUSB0) or socket://host:port")
+            raise ValueError("must be a device path (/dev/ttyUSB0), socket://host:port or rfc2217://host:port")
         return value
 
     @model_validator(mode="after")
@@ -328,6 +374,7 @@ class AmsdConfig(_Section):
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     meters: list[MeterConfig] = Field(default_factory=list)
+    accounting: AccountingConfig = Field(default_factory=AccountingConfig)
 
     @model_validator(mode="after")
     def _unique_meters(self) -> AmsdConfig:
@@ -340,6 +387,13 @@ class AmsdConfig(_Section):
                 raise ValueError(f"meters: two meters read {meter.port}; a port can be read only once")
             names.add(meter.name)
             ports.add(meter.port)
+        return self
+
+    @model_validator(mode="after")
+    def _accounted_meters_exist(self) -> AmsdConfig:
+        unknown = [name for name in self.accounting.meters or () if name not in {m.name for m in self.meters}]
+        if unknown:
+            raise ValueError(f"accounting: meters names unknown meter(s) {', '.join(map(repr, unknown))}")
         return self
 
     def secret_values(self) -> Iterator[bytes | str]:
@@ -474,6 +528,37 @@ def format_validation_error(error: ValidationError) -> str:
     return "\n".join(lines)
 
 
+_METER_SECRETS: Final = ("encryption_key", "authentication_key")
+
+
+def exposed_secrets_warning(path: Path, raw_toml: Mapping[str, Any]) -> str | None:
+    """A warning when the config file itself holds a key or password and group or others may read it.
+
+    Names the fields, never their values; secrets given through `*_file` keys, systemd credentials
+    or the environment do not count."""
+    fields: list[str] = []
+    mqtt = raw_toml.get("mqtt")
+    if isinstance(mqtt, Mapping) and mqtt.get("password"):
+        fields.append("mqtt.password")
+    meters = raw_toml.get("meters")
+    if isinstance(meters, list):
+        for index, entry in enumerate(meters):
+            if isinstance(entry, Mapping):
+                fields += [f"meters[{index}].{key}" for key in _METER_SECRETS if entry.get(key)]
+    if not fields:
+        return None
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return None
+    if not mode & 0o077:
+        return None
+    return (
+        f"config file {path} holds secrets ({', '.join(fields)}) and is readable by group/others "
+        f"(mode {mode:04o}); fix: chmod 600 {path} (or move the secrets to *_file keys or systemd credentials)"
+    )
+
+
 def load_config(path: str | Path, *, require_meters: bool = True) -> AmsdConfig:
     """Read the TOML file, apply `AMSD_*` environment overrides and secret files, validate.
 
@@ -482,7 +567,7 @@ def load_config(path: str | Path, *, require_meters: bool = True) -> AmsdConfig:
     toml_path = Path(path)
     try:
         with toml_path.open("rb") as handle:
-            tomllib.load(handle)  # syntax check with a clear error before pydantic-settings reads it
+            raw_toml = tomllib.load(handle)  # syntax check with a clear error before pydantic-settings reads it
     except FileNotFoundError:
         raise ConfigError(f"{toml_path}: no such file") from None
     except OSError as exc:
@@ -504,6 +589,10 @@ def load_config(path: str | Path, *, require_meters: bool = True) -> AmsdConfig:
         _toml_path.reset(token)
     if require_meters:
         validate_for_run(config)
+    exposed = exposed_secrets_warning(toml_path, raw_toml)
+    if exposed is not None:
+        # stdlib logging: before configure_logging() it still reaches stderr (logging.lastResort).
+        logging.getLogger("amsd.config").warning(exposed)
     from amsd.log import register_secret  # lazy: structlog is only needed once the config is good
 
     for secret in config.secret_values():

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from amsd import homeassistant, payloads
+from amsd.accounting import MeterAccounting
 from amsd.decoder import Decoder, Event, Reading, UndecodedFrame
 from amsd.log import get_logger
 from amsd.publish import OutMessage
@@ -24,6 +25,62 @@ _CRC_ERRORS = frozenset(("fcs_error", "checksum_error", "crc_mismatch", "cut_sho
 _DECRYPT_ERRORS = frozenset(("no_key", "wrong_key", "tag_mismatch"))
 # Readings without a meter id after which Home Assistant discovery uses the configured name.
 ANNOUNCE_WITHOUT_ID_AFTER = 10
+# Counter plausibility (see `CounterGuard`): the most a counter may rise per hour, in its own unit
+# (kWh, kvarh, m3). 1,000 kWh/h is 1 MW, ten times a large 3x125 A house connection, so a real
+# reading never trips it while a flipped bit or a garbled high byte does.
+MAX_COUNTER_RISE_PER_HOUR = 1000.0
+# Always allowed on top (resolution steps, clocks of meter and host disagreeing a little).
+COUNTER_RISE_SLACK = 1.0
+# Consecutive plausible readings that confirm a new baseline (a meter swap or a reset).
+COUNTER_CONFIRMATIONS = 3
+
+
+class CounterGuard:
+    """Decides whether a counter value may go to its Home Assistant topic.
+
+    Home Assistant's total_increasing takes any decrease for a meter reset and any rise for
+    consumption, so one glitchy frame (a 0, a flipped high byte) ruins long-term statistics. A value
+    is accepted when it is not lower than the last accepted one and rose by at most
+    MAX_COUNTER_RISE_PER_HOUR per hour elapsed since it (plus COUNTER_RISE_SLACK). A rejected value
+    becomes a candidate baseline: when COUNTER_CONFIRMATIONS consecutive values are plausible from
+    it, it is a real reset or meter swap, and it is accepted from then on.
+    """
+
+    __slots__ = ("_accepted", "_candidate", "_confirmed")
+
+    def __init__(self) -> None:
+        self._accepted: dict[str, tuple[float, datetime]] = {}
+        self._candidate: dict[str, tuple[float, datetime]] = {}
+        self._confirmed: dict[str, int] = {}
+
+    @staticmethod
+    def _plausible(value: float, since: tuple[float, datetime], now: datetime) -> bool:
+        last, at = since
+        hours = max((now - at).total_seconds(), 0.0) / 3600.0
+        return last <= value <= last + MAX_COUNTER_RISE_PER_HOUR * hours + COUNTER_RISE_SLACK
+
+    def check(self, key: str, value: float, now: datetime) -> str | None:
+        """None when `value` may be published, else why not (`decrease` or `jump`)."""
+        accepted = self._accepted.get(key)
+        if accepted is None or self._plausible(value, accepted, now):
+            self._accepted[key] = (value, now)
+            self._candidate.pop(key, None)
+            return None
+        candidate = self._candidate.get(key)
+        if candidate is not None and self._plausible(value, candidate, now):
+            self._confirmed[key] += 1
+            if self._confirmed[key] >= COUNTER_CONFIRMATIONS:
+                self._accepted[key] = (value, now)
+                del self._candidate[key]
+                return None
+        else:
+            self._confirmed[key] = 1
+        self._candidate[key] = (value, now)
+        return "decrease" if value < accepted[0] else "jump"
+
+    def last(self, key: str) -> float | None:
+        accepted = self._accepted.get(key)
+        return accepted[0] if accepted is not None else None
 
 
 @dataclass(slots=True)
@@ -47,8 +104,10 @@ class MeterPipeline:
         *,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_reading: Callable[[Reading], None] | None = None,
+        accounting: MeterAccounting | None = None,
     ) -> None:
         self.options = options
+        self.accounting = accounting  # [accounting] on for this meter
         self.decoder = decoder
         self._submit = submit
         self._now = wall_clock
@@ -69,12 +128,14 @@ class MeterPipeline:
             "unknown": 0,
             "noise": 0,
             "truncated": 0,
+            "counter_glitches": 0,
         }
         self.serial_state = "connecting"
         self.serial_detail: str | None = None
         self.available: bool | None = None
         self._last_frame_monotonic: float | None = None
-        self._last_counter: dict[str, float] = {}
+        self.counter_guard = CounterGuard()
+        self._started = time.monotonic()
         self._announced: tuple[str | None, tuple[str, ...]] | None = None
         self._identity: tuple[str | None, str | None, str | None] = (None, None, None)
         self.on_change: Callable[[], None] | None = None  # diagnostics changed state
@@ -116,26 +177,54 @@ class MeterPipeline:
         submit = self._submit
         values = payloads.readable_values(reading)
         if self.options.payload_format == "amsreader":
-            submit(OutMessage(self.topics["state"], payloads.amsreader_payload(reading, values)))
+            body = payloads.amsreader_payload(
+                reading,
+                values,
+                name=self.options.name,
+                received=received,
+                uptime_s=int(time.monotonic() - self._started),
+            )
+            submit(OutMessage(self.topics["state"], body))
         else:
             submit(OutMessage(self.topics["state"], payloads.state_payload(reading, received, values)))
         submit(OutMessage(self.topics["obis"], payloads.obis_payload(reading, received)))
         retain = self.options.retain_values
+        glitches: list[str] = []
         for key, value in values.items():
             if key in payloads.COUNTER_KEYS:
-                # Home Assistant's total_increasing takes any drop for a meter reset; a glitchy 0
-                # would ruin long-term statistics. state/obis still carry what the meter sent.
-                last = self._last_counter.get(key)
-                if last is not None and value < last:
+                # Held back from Home Assistant only: state/obis still carry what the meter sent.
+                last = self.counter_guard.last(key)
+                why = self.counter_guard.check(key, value, received)
+                if why is not None:
+                    glitches.append(f"{key} {value} after {last} ({why})")
                     continue
-                self._last_counter[key] = value
+                # Retained whatever `retain_values` says: Norwegian meters send counters once an
+                # hour, and a restarted Home Assistant would otherwise show them unknown until then.
+                submit(OutMessage(self._value_topic + key, payloads.value_payload(value), True, persistent=False))
+                continue
             submit(OutMessage(self._value_topic + key, payloads.value_payload(value), retain, persistent=False))
-        if self.options.publish_raw == "all":
+        clock = payloads.meter_time(reading, received)
+        if clock is not None:
+            submit(OutMessage(self._value_topic + payloads.METER_TIME_KEY, clock.isoformat().encode(), True, False))
+        if glitches:
+            self.counters["counter_glitches"] += 1
+            detail = "; ".join(glitches)
+            raw = payloads.raw_payload(reading.raw, received, "frame", "counter_glitch", detail)
+            submit(OutMessage(self.topics["raw"], raw))
+            log.warning(
+                "implausible counter held back",
+                meter=self.options.name,
+                detail=detail,
+                rate_key=f"{self.options.name}/counter_glitch",
+            )
+        elif self.options.publish_raw == "all":
             submit(OutMessage(self.topics["raw"], payloads.raw_payload(reading.raw, received, "frame", None, None)))
         self.set_available(True)
         if reading.meter_id or reading.model:
             self._identity = (reading.meter_id, reading.manufacturer, reading.model)
-        self._announce(values)
+        self._announce(values, clock is not None)
+        if self.accounting is not None:
+            self._account(reading, received, values)
         if self._on_reading is not None:
             self._on_reading(reading)
 
@@ -163,6 +252,23 @@ class MeterPipeline:
                 detail=frame.detail,
                 rate_key=f"{self.options.name}/{error}",
             )
+
+    def _account(self, reading: Reading, received: datetime, values: dict[str, int | float]) -> None:
+        accounting = self.accounting
+        assert accounting is not None
+        guard = self.counter_guard
+        # Counters the guard held back (a glitchy frame) must not become a reset or a jump here either.
+        usable = {k: v for k, v in values.items() if k not in payloads.COUNTER_KEYS or guard.last(k) == v}
+        try:
+            out = accounting.on_reading(received, reading.timestamp, usable)
+        except Exception as exc:  # accounting must never stop the readings
+            log.error("accounting failed", meter=self.options.name, error=repr(exc), rate_key="accounting/error")
+            return
+        if out is not None:
+            payload, closed_hour = out
+            # Retained: Home Assistant reads it after a restart. Stored while the broker is away only
+            # when an hour closed (the hourly record); the periodic ones are replaced by the next.
+            self._submit(OutMessage(accounting.topic, payload, retain=True, persistent=closed_hour))
 
     # ------------------------------------------------------------------------------- state
     def set_available(self, available: bool) -> None:
@@ -195,7 +301,7 @@ class MeterPipeline:
         return OutMessage(self.topics["diagnostics"], payloads.dumps(self.diagnostics(publisher_stats)), retain=True)
 
     # ------------------------------------------------------------------------------- discovery
-    def _announce(self, values: dict[str, int | float]) -> None:
+    def _announce(self, values: dict[str, int | float], reading_has_clock: bool) -> None:
         prefix = self.options.discovery_prefix
         if prefix is None:
             return
@@ -204,7 +310,10 @@ class MeterPipeline:
         self._readings_without_id = 0 if self._identity[0] else self._readings_without_id + 1
         if self._identity[0] is None and self._readings_without_id < ANNOUNCE_WITHOUT_ID_AFTER:
             return
-        keys = tuple(sorted(set(values) | set(self._announced[1] if self._announced else ())))
+        seen = set(values)
+        if reading_has_clock:
+            seen.add(payloads.METER_TIME_KEY)
+        keys = tuple(sorted(seen | set(self._announced[1] if self._announced else ())))
         current = (self._identity[0], keys)
         if current == self._announced:
             return
@@ -226,5 +335,6 @@ class MeterPipeline:
             keys=list(self._announced[1]),
             topic_prefix=self.options.topic_prefix,
             discovery_prefix=prefix,
+            accounting=self.accounting is not None,
         )
         return OutMessage(topic, payload, retain=True)
