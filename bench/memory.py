@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import statistics
 import subprocess
@@ -37,6 +38,12 @@ def proc_status(pid: int) -> dict[str, float]:
     return values
 
 
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def measure_rss(seconds: float, rate: float, workdir: Path) -> tuple[dict[str, float], int]:
     frames = pregenerate("aidon-no", int(seconds * rate) + 1)
     line = Line()
@@ -44,6 +51,7 @@ async def measure_rss(seconds: float, rate: float, workdir: Path) -> tuple[dict[
         async with amsd_daemon(workdir, broker, line) as process:
             writer = line.writer
             assert writer is not None
+            cpu_before = proc_cpu_seconds(process.pid)  # after start-up: only the steady state counts
             start = time.monotonic()
             for index, frame in enumerate(frames):
                 writer.write(frame)
@@ -51,7 +59,9 @@ async def measure_rss(seconds: float, rate: float, workdir: Path) -> tuple[dict[
                 # Pace the line: frame n is due at n / rate seconds.
                 await asyncio.sleep(max(0.0, start + (index + 1) / rate - time.monotonic()))
             await asyncio.sleep(1.0)  # let the last frames be processed before reading /proc
-            return proc_status(process.pid), len(frames)
+            status = proc_status(process.pid)
+            status["cpu_s"] = proc_cpu_seconds(process.pid) - cpu_before
+            return status, len(frames)
 
 
 def version_wall_ms(runs: int) -> tuple[float, str]:
@@ -93,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         f"amsd run, 1 meter, {frames} frames over {args.seconds:.0f} s: VmRSS {rss:.1f} MB, "
         f"VmHWM {status.get('VmHWM', float('nan')):.1f} MB (target <= {TARGET_RSS_MB:.0f} MB: "
         f"{'OK' if rss <= TARGET_RSS_MB else 'MISSED'})"
+    )
+    cpu = status.get("cpu_s", float("nan"))
+    # 10 ms clock ticks: over 30 s of frames the resolution is fine for a per-reading average.
+    print(
+        f"amsd run CPU (user+sys) while decoding and publishing: {cpu:.2f} s over {args.seconds:.0f} s = "
+        f"{cpu / max(frames, 1) * 1e6:.0f} us per reading, {cpu / args.seconds * 100:.2f} % of one core"
     )
     wall, how = version_wall_ms(args.version_runs)
     print(

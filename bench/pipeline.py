@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
@@ -91,6 +92,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
         fed = 0
         position = 0
         start = time.perf_counter()
+        cpu_start = os.times()
         deadline = start + args.seconds
         while time.perf_counter() < deadline:
             if publisher.stats()["queue_depth"] > HIGH_WATER:
@@ -107,6 +109,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
         while counter.count - base_count < fed and time.perf_counter() < drain_deadline:
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - start
+        cpu_end = os.times()
         received = counter.count - base_count
         stats = publisher.stats()
         await publisher.stop()
@@ -119,6 +122,10 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
         f"MQTT messages published: {stats['published']} ({messages_per_reading:.1f} per reading) = "
         f"{stats['published'] / elapsed:,.0f} msg/s; outboxed={stats['outboxed']} dropped={stats['dropped']}"
     )
+    # CPU of this process only (decoders, payloads, publisher, feeding loop); Mosquitto and the
+    # counting subscriber are other processes.
+    cpu = (cpu_end.user - cpu_start.user) + (cpu_end.system - cpu_start.system)
+    print(f"CPU of the amsd process: {cpu:.2f} s = {cpu / max(fed, 1) * 1e6:.0f} us per reading (user+sys)")
     verdict = "OK" if per_second >= TARGET_READINGS_PER_S else "MISSED"
     print(f"target >= {TARGET_READINGS_PER_S:,.0f} readings/s: {verdict}")
     return 0 if per_second >= TARGET_READINGS_PER_S and received == fed else 1

@@ -25,6 +25,7 @@ from amsd.decoder.events import (
     Value,
 )
 from amsd.decoder.keys import parse_key
+from amsd.decoder.replay import REPLAYED_COUNTER, InvocationCounterTracker, Verdict
 
 __all__ = [
     "NO_KEY",
@@ -87,6 +88,8 @@ class Decoder:
         self._mbus_segments: list[bytes] = []
         self._mbus_raw: list[bytes] = []
         self._gbt = gbt.GbtAssembler()
+        # Replayed or decreasing GCM invocation counters per system title (amsd.decoder.replay).
+        self.invocation_counters = InvocationCounterTracker()
         self.counters: Counter[str] = Counter()
 
     # ------------------------------------------------------------------------------------ public
@@ -134,6 +137,15 @@ class Decoder:
             if start > pos:
                 self._add_noise(events, pos, start)
             pos = start
+            if start == self._last_frame_end and buf[start] == hdlc.FLAG:
+                # The last frame's closing flag (one probe less per frame on a live line): skip it
+                # when the next frame brings its own opening flag, wait when nothing follows yet.
+                following = buf[start + 1 : start + 2]
+                if following == b"\x7e":
+                    pos = start + 1
+                    continue
+                if not following and not final:
+                    break
             if buf[start] not in STRONG_START_BYTES and (start < self._reported_until or self._framed):
                 # Inside a frame that failed its check, or on a line that carries checked frames: only
                 # a frame with its own integrity check may start here, never a bare APDU (which could
@@ -160,7 +172,8 @@ class Decoder:
                 continue
             assert isinstance(result, tuple)
             kind, end, header = result
-            self._flush_noise(events)
+            if self._noise:
+                self._flush_noise(events)
             frame = bytes(buf[start:end])
             failure: tuple[Layer, str, str] | None = None
             if kind is stream.Kind.HDLC:
@@ -314,9 +327,12 @@ class Decoder:
     @staticmethod
     def _strong_start_within(buf: bytearray, start: int, end: int) -> int | None:
         """Offset of the first strong frame start (header checked) in buf[start:end], if any."""
-        search = stream.CANDIDATE.search
-        while (match := search(buf, start, end)) is not None:
+        # Candidates start before `end` but their prefix may run past it.
+        search = stream.STRONG_PREFIX.search
+        while (match := search(buf, start, end + stream.STRONG_PREFIX_SPAN - 1)) is not None:
             candidate = match.start()
+            if candidate >= end:
+                return None
             if stream.is_strong_start(buf, candidate):
                 return candidate
             start = candidate + 1
@@ -403,6 +419,10 @@ class Decoder:
             plaintext = cipher.decrypt(apdu, header, self._encryption_key, self._authentication_key, plausible)
         except cipher.CipherError as exc:
             events.append(self._undecoded("cipher", exc.code, exc.detail, raw, title, counter))
+            return
+        if self.invocation_counters.check(title, counter) is Verdict.REPLAYED:
+            detail = self.invocation_counters.detail(title, counter)
+            events.append(self._undecoded("cipher", REPLAYED_COUNTER, detail, raw, title, counter))
             return
         self._on_apdu(events, clear_prefix + plaintext, raw, "cipher", title, counter, depth + 1)
 

@@ -20,7 +20,7 @@ def crc16_x25(data: bytes | bytearray | memoryview) -> int:
     result gives the reflected variant at C speed.
     """
     crc = binascii.crc_hqx(bytes(data).translate(_REVERSE_BITS), 0xFFFF)
-    return _reverse16(crc) ^ 0xFFFF
+    return ((_REVERSE_BITS[crc & 0xFF] << 8) | _REVERSE_BITS[crc >> 8]) ^ 0xFFFF  # _reverse16 inlined
 
 
 # CRC-16/ARC (DSMR P1): reflected poly 0x8005 (0xA001 reflected), init 0, no xorout. binascii has no

@@ -89,6 +89,8 @@ _unhex_cache: dict[str, str] = {}
 _UNIT_TAILS: Final = {f"{unit}){cr}": canonical for unit, canonical in _UNITS.items() for cr in ("", "\r")}
 _FLAG_TAILS: Final = {"W)": False, "W)\r": False, "S)": True, "S)\r": True}
 _SHIFT_BACK: Final = (1000, 100, 10, 1)  # kW-style text with n fraction digits: int(digits) * this[n]
+# Value(value, unit) without the NamedTuple's Python-level __new__ (one frame less per line).
+_new_value: Final = tuple.__new__
 
 
 def parse_telegram(
@@ -234,21 +236,31 @@ def _parse_line(line: str, winter: str, summer: str) -> _LineEntry:
             value = float(number) if dot else int(whole)
         elif power == 3 and len(fraction) <= 3:
             value = int(whole + fraction) * _SHIFT_BACK[len(fraction)]
-        else:  # Wh-style units, more than three fraction digits: rare
+        elif power == -3 and not dot and len(whole) >= 4:
+            # Wh/varh as integers (Austrian and Swiss P1): kWh with the point moved three digits.
+            value = float(f"{whole[:-3]}.{whole[-3:]}")
+        else:  # more than three fraction digits, short Wh values: rare
             return _parse_line_general(line, winter, summer)
         unit_name: str | None = canonical
-    else:
-        is_summer = _FLAG_TAILS.get(rest[12:]) if 14 <= len(rest) <= 15 else None
+    elif 14 <= len(rest) <= 15:
+        is_summer = _FLAG_TAILS.get(rest[12:])
         stamp = None if is_summer is None else _dsmr_time(rest, summer if is_summer else winter)
         if stamp is None:
             return _parse_line_general(line, winter, summer)
         value, unit_name = stamp, None
+    else:
+        # `OBIS(text)`: ids, tariffs, counters, empty values stay literal text. Anything with more
+        # groups or brackets inside, or the 17-character NES time, takes the general path.
+        close = rest.find(")")
+        if close < 0 or close + 1 != len(rest) - (rest[-1:] == "\r") or "(" in rest or close == 17:
+            return _parse_line_general(line, winter, summer)
+        value, unit_name = rest[:close], None
     key = _obis_cache.get(obis, "")
     if key == "":
         key = _obis_key(obis)
     if key is None:
         return None
-    return key, Value(value, unit_name)
+    return key, _new_value(Value, (value, unit_name))
 
 
 def _parse_line_general(line: str, winter: str, summer: str) -> _LineEntry:

@@ -22,7 +22,7 @@ class GbtError(LayerError):
     """A block that cannot be reassembled."""
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs ~1 us more to build, once per frame
 class GbtBlock:
     last: bool
     number: int
