@@ -140,6 +140,7 @@ class MeterPipeline:
         self._identity: tuple[str | None, str | None, str | None] = (None, None, None)
         self.on_change: Callable[[], None] | None = None  # diagnostics changed state
         self._readings_without_id = 0
+        self._errors_seen: set[str] = set()
 
     # ------------------------------------------------------------------------------- reader side
     def on_data(self, chunk: bytes) -> None:
@@ -241,6 +242,11 @@ class MeterPipeline:
         else:
             self.counters["unknown"] += 1
         self._submit(OutMessage(self.topics["raw"], payloads.undecoded_payload(frame, received)))
+        if error not in self._errors_seen:
+            # A new kind of failure (a wrong key, say) shows in diagnostics at once, not up to 60 s later.
+            self._errors_seen.add(error)
+            if self.on_change is not None:
+                self.on_change()
         if error not in ("noise", "truncated"):
             # Rate-limited per meter and error (amsd.log): a wrong key must be visible in the journal
             # without flooding it every two seconds. The detail never contains key material.

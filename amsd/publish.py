@@ -411,7 +411,8 @@ class Publisher:
 def _quiet_paho_logger() -> Any:
     import logging
 
-    # paho warns about every queue of pending publishes, which is our normal pipelining.
+    # paho warns about every queue of pending publishes (our normal pipelining) and logs a dropped
+    # connection as an error; the publisher reports both in its own rate-limited words.
     logger = logging.getLogger("amsd.paho")
-    logger.setLevel(logging.ERROR)
+    logger.setLevel(logging.CRITICAL)
     return logger
