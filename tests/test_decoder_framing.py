@@ -288,6 +288,17 @@ def test_dsmr_telegram_in_a_stream_with_noise() -> None:
     assert readings[0].crc_present is True
 
 
+@pytest.mark.parametrize("cut_at", ["1-0:1.8.1(0001", "0-0:1.0.0(", "1-0:1.7.0(01.234*k"])
+def test_dsmr_telegram_cut_mid_line_does_not_swallow_the_next(cut_at: str) -> None:
+    whole = telegram()
+    cut = whole[: whole.index(cut_at.encode()) + len(cut_at)]
+    for chunk in (0, 1, 7):
+        events = decode(cut + telegram() + telegram(), chunk=chunk)
+        assert sum(isinstance(e, Reading) for e in events) == 2
+        failed = [e for e in events if isinstance(e, UndecodedFrame)]
+        assert [(e.layer, e.raw) for e in failed] == [("dsmr", cut)]
+
+
 def test_dsmr_whole_telegram_inside_glo_ciphering() -> None:
     # Luxembourg Smarty / Styria: the telegram is the plaintext of a DB APDU.
     apdu = enc.glo_cipher(

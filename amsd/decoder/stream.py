@@ -29,6 +29,9 @@ DSMR_IDENT_PREFIX: Final = re.compile(rb"/(?:[A-Za-z]{0,2}|[A-Za-z]{3}[^\r\n]{0,
 DSMR_END: Final = re.compile(rb"![0-9A-Fa-f]{0,4}\r?\n")
 DSMR_CRC4: Final = re.compile(rb"![0-9A-Fa-f]{4}")
 DSMR_NEXT_IDENT: Final = re.compile(rb"\n/[A-Za-z]{3}[^\r\n]{1,96}\r?\n")
+# A telegram cut mid-line and followed at once by the next: its ident line has no line end before it,
+# so demand what every ident line has after it (an empty line) and no value syntax inside it.
+DSMR_CUT_IDENT: Final = re.compile(rb"/[A-Za-z]{3}[^\r\n()*!/]{1,96}\r?\n\r?\n")
 MAX_DSMR_TELEGRAM: Final = 16384
 MAX_BARE_APDU: Final = 65536
 LLC_HEADERS: Final = (b"\xe6\xe7\x00", b"\xe6\xe6\x00")
@@ -202,10 +205,14 @@ def _dsmr_extent(buf: bytes | bytearray, start: int, final: bool) -> Probe | boo
     limit = min(len(buf), start + MAX_DSMR_TELEGRAM)
     # The closing `!` starts a line of its own; a `!` elsewhere (line noise) does not end a telegram.
     bang = buf.find(b"\n!", start, limit)
-    cut = DSMR_NEXT_IDENT.search(buf, start, bang if bang >= 0 else limit)
+    until = bang if bang >= 0 else limit
+    cut = DSMR_NEXT_IDENT.search(buf, start, until)
     if cut is not None:
         # A new telegram began before this one ended: this one was cut off on the line.
         return Kind.DSMR, cut.start() + 1, None
+    cut = DSMR_CUT_IDENT.search(buf, start + 1, until)
+    if cut is not None:
+        return Kind.DSMR, cut.start(), None
     while bang >= 0:
         end = _dsmr_end(buf, bang + 1, final)
         if end is None:

@@ -294,14 +294,7 @@ def uncovered(stream: bytes, covered: bytearray, span: Damaged) -> list[int]:
     [
         "kamstrup-no",
         "kaifa-no",  # (not aidon-no: its list 1 carries no clock to count readings by)
-        pytest.param(
-            "dsmr5",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="decoder gap: a DSMR telegram cut mid-line swallows the next telegram "
-                "(amsd/decoder/stream.py DSMR_NEXT_IDENT only looks for an ident at a line start)",
-            ),
-        ),
+        "dsmr5",
     ],
 )
 async def test_noise_truncation_and_bit_flips_every_clean_frame_decoded_every_damaged_one_on_raw(
