@@ -24,7 +24,7 @@ import termios
 import tty
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -690,20 +690,7 @@ async def _replay(args: argparse.Namespace, chunks: list[tuple[float, bytes]], h
             }
         )
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    stop_wait = asyncio.create_task(stop.wait())
-    finished_wait = asyncio.create_task(server.finished.wait())
-    try:
-        await asyncio.wait({stop_wait, finished_wait}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stop_wait.cancel()
-        finished_wait.cancel()
-        await server.stop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
+    await _serve_until_done(server.finished, server.stop)
     print(
         f"amsd simulate: replayed {server.chunks_sent} of {len(chunks)} chunks, {server.bytes_sent} bytes",
         file=sys.stderr,
@@ -876,20 +863,7 @@ async def _simulate(args: argparse.Namespace, options: dict[str, Any]) -> int:
             }
         )
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    stop_wait = asyncio.create_task(stop.wait())
-    finished_wait = asyncio.create_task(server.finished.wait())
-    try:
-        await asyncio.wait({stop_wait, finished_wait}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stop_wait.cancel()
-        finished_wait.cancel()
-        await server.stop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
+    await _serve_until_done(server.finished, server.stop)
     if args.report:
         Path(args.report).write_text(json.dumps(server.report(), indent=1) + "\n")
     print(server.summary(), file=sys.stderr, flush=True)
@@ -897,3 +871,21 @@ async def _simulate(args: argparse.Namespace, options: dict[str, Any]) -> int:
         print(f"amsd simulate: {server.error}", file=sys.stderr)
         return EXIT_RUNTIME
     return EXIT_OK
+
+
+async def _serve_until_done(finished: asyncio.Event, stop_server: Callable[[], Awaitable[None]]) -> None:
+    """Serve until the server has sent everything or SIGTERM/SIGINT arrives, then stop it."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    stop_wait = asyncio.create_task(stop.wait())
+    finished_wait = asyncio.create_task(finished.wait())
+    try:
+        await asyncio.wait({stop_wait, finished_wait}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop_wait.cancel()
+        finished_wait.cancel()
+        await stop_server()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
