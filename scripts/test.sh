@@ -21,6 +21,9 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+# atheris (coverage-guided fuzzing) ships wheels for x86_64 Linux only; elsewhere the fuzz smoke test
+# runs amsd's built-in mutator alone and says so.
+if [ "$(uname -m)" = x86_64 ]; then .venv/bin/python -m pip install -q --disable-pip-version-check atheris; fi
 bash scripts/install-node-red.sh  # Node-RED for its e2e test; a no-op without npm (the test then skips)
 
 echo "== ruff"; .venv/bin/ruff check amsd tests bench
