@@ -29,30 +29,11 @@ from typing import Any
 import aiomqtt
 
 from amsd.sim.simulate import FrameRecord
+from tests.e2e.test_daemon_e2e import clean_env, toml_value
 from tests.mosquitto import Broker
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT = 20.0  # generous: only a failing test waits this long
-
-
-def toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    # A JSON string is a valid TOML basic string (same escapes), non-ASCII kept as is.
-    return json.dumps(str(value), ensure_ascii=False)
-
-
-def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The test runner's environment without any amsd configuration, plus `extra`."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.upper().startswith("AMSD_") and k not in ("CREDENTIALS_DIRECTORY", "STATE_DIRECTORY")
-    }
-    env.update(extra or {})
-    return env
 
 
 # ------------------------------------------------------------------------------------- secrets
