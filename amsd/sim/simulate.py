@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Self
 
 from amsd.sim.meters import PROFILES, ExpectedValue, MeterSimulator, SimFrame
 
@@ -269,7 +269,37 @@ class _PtyOutput(_Output):
 # ------------------------------------------------------------------------------------ server
 
 
-class SimServer:
+class _LineServer:
+    """What a simulated meter and a replay share: an output line, a sending task, `finished`."""
+
+    def __init__(self, output: _Output) -> None:
+        self._output = output
+        self._task: asyncio.Task[None] | None = None
+        self.finished = asyncio.Event()
+        self.error: BaseException | None = None
+
+    @property
+    def address(self) -> str:
+        """`socket://host:port` or the pty slave path."""
+        return self._output.address
+
+    async def stop(self) -> None:
+        """Stop sending and close the line. Safe to call more than once."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.finished.set()
+        await self._output.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+class SimServer(_LineServer):
     """A running simulated meter. Create it with `serve_tcp` or `serve_pty`; stop it with `stop()`.
 
     Counters: `frames_sent` (messages, each possibly several link frames), `frames_corrupted`,
@@ -296,8 +326,8 @@ class SimServer:
             raise ValueError("speed must be positive")
         if not 0.0 <= noise <= 1.0:
             raise ValueError("noise must be a probability between 0 and 1")
+        super().__init__(output)
         self.simulator = simulator
-        self._output = output
         self.speed = speed
         self.pacing = pacing
         self.noise = noise
@@ -312,20 +342,12 @@ class SimServer:
         self.garbage_bytes = 0
         self.drops = 0
         self.records: deque[FrameRecord] = deque(maxlen=record_limit)
-        self.finished = asyncio.Event()
         self._progress = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._wire_free = 0.0
-        self.error: BaseException | None = None
         line = simulator.line
         self.byte_time = line.bits_per_byte / line.baudrate / speed
         # About 20 ms of line time per write, within 16..64 bytes.
         self.chunk_size = max(16, min(64, int(0.02 / self.byte_time)))
-
-    @property
-    def address(self) -> str:
-        """`socket://host:port` or the pty slave path."""
-        return self._output.address
 
     @property
     def profile(self) -> str:
@@ -442,21 +464,6 @@ class SimServer:
         """Return once `count` messages were sent (or the simulator finished). Bound it with wait_for."""
         while self.frames_sent < count and not self.finished.is_set():
             await self._progress.wait()
-
-    async def stop(self) -> None:
-        """Stop sending and close the line. Safe to call more than once."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self.finished.set()
-        await self._output.close()
-
-    async def __aenter__(self) -> SimServer:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def report(self) -> dict[str, Any]:
         line = self.simulator.line
@@ -575,7 +582,7 @@ async def serve_pty(
 # ------------------------------------------------------------------------------------ replay
 
 
-class ReplayServer:
+class ReplayServer(_LineServer):
     """Plays recorded chunks (an `amsd capture` file) at their original offsets divided by `speed`.
 
     Each chunk is written as it was read, so a reader sees the same bytes in about the same pieces
@@ -592,20 +599,13 @@ class ReplayServer:
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
+        super().__init__(output)
         self.chunks = chunks
-        self._output = output
         self.speed = speed
         self.wait_for_reader = wait_for_reader
         self.chunks_sent = 0
         self.bytes_sent = 0
         self.bytes_dropped = 0
-        self.finished = asyncio.Event()
-        self.error: BaseException | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def address(self) -> str:
-        return self._output.address
 
     async def _start(self) -> None:
         await self._output.start()
@@ -633,21 +633,6 @@ class ReplayServer:
             self.error = exc
         finally:
             self.finished.set()
-
-    async def stop(self) -> None:
-        """Stop playing and close the line. Safe to call more than once."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self.finished.set()
-        await self._output.close()
-
-    async def __aenter__(self) -> ReplayServer:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
 
 async def serve_replay(
