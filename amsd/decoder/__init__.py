@@ -13,6 +13,7 @@ from collections import Counter
 from typing import Final
 
 from amsd.decoder import cipher, dsmr, gbt, hdlc, mbus, stream
+from amsd.decoder.crc import x25_ok
 from amsd.decoder.dlms import DlmsInterpreter
 from amsd.decoder.events import (
     NO_KEY,
@@ -24,8 +25,10 @@ from amsd.decoder.events import (
     UndecodedFrame,
     Value,
 )
+from amsd.decoder.hdlc import FLAG
 from amsd.decoder.keys import parse_key
 from amsd.decoder.replay import REPLAYED_COUNTER, InvocationCounterTracker, Verdict
+from amsd.decoder.stream import Kind
 
 __all__ = [
     "NO_KEY",
@@ -137,7 +140,7 @@ class Decoder:
             if start > pos:
                 self._add_noise(events, pos, start)
             pos = start
-            if start == self._last_frame_end and buf[start] == hdlc.FLAG:
+            if start == self._last_frame_end and buf[start] == FLAG:
                 # The last frame's closing flag (one probe less per frame on a live line): skip it
                 # when the next frame brings its own opening flag, wait when nothing follows yet.
                 following = buf[start + 1 : start + 2]
@@ -153,9 +156,20 @@ class Decoder:
                 self._add_noise(events, start, start + 1)
                 pos = start + 1
                 continue
-            result = stream.probe(buf, start, final)
+            result: stream.Probe | bool | None
+            if buf[start] == FLAG:
+                # stream.probe's HDLC branch, inlined: this runs for every frame on an HDLC line.
+                header_or_verdict = hdlc.parse_header(buf, start)
+                if isinstance(header_or_verdict, hdlc.HdlcHeader):
+                    end = start + header_or_verdict.length + 1
+                    ready = end < size or (final and end == size)  # (the closing flag is in, see probe)
+                    result = (Kind.HDLC, end, header_or_verdict) if ready else None
+                else:
+                    result = header_or_verdict
+            else:
+                result = stream.probe(buf, start, final)
             if result is None:
-                if final and start == self._last_frame_end and buf[start] == hdlc.FLAG:
+                if final and start == self._last_frame_end and buf[start] == FLAG:
                     pos = start + 1  # the last frame's closing flag
                     continue
                 if final or self._weak_gives_way(buf, start):
@@ -164,7 +178,7 @@ class Decoder:
                     continue
                 break  # wait for more bytes
             if result is False:
-                if buf[start] == hdlc.FLAG and (start == self._last_frame_end or buf[start + 1 : start + 2] == b"\x7e"):
+                if buf[start] == FLAG and (start == self._last_frame_end or buf[start + 1 : start + 2] == b"\x7e"):
                     pos = start + 1  # closing or fill flag, not noise
                     continue
                 self._add_noise(events, start, start + 1)
@@ -176,15 +190,15 @@ class Decoder:
                 self._flush_noise(events)
             frame = bytes(buf[start:end])
             failure: tuple[Layer, str, str] | None = None
-            if kind is stream.Kind.HDLC:
+            if kind is Kind.HDLC:
                 assert header is not None
                 failure = self._on_hdlc(events, frame, header, buf, end)
-            elif kind is stream.Kind.MBUS:
+            elif kind is Kind.MBUS:
                 failure = self._on_mbus(events, frame)
-            elif kind is stream.Kind.DSMR:
+            elif kind is Kind.DSMR:
                 self.counters["frames"] += 1
                 self._on_dsmr(events, frame)
-            elif kind is stream.Kind.P1_CIPHERED:
+            elif kind is Kind.P1_CIPHERED:
                 # A clear ident line, then the rest of the telegram as a ciphering body without its
                 # DB tag (Polish Elgama P1). The GCM tag or the plausibility check vouches for it.
                 self.counters["frames"] += 1
@@ -198,8 +212,13 @@ class Decoder:
             if failure is None:
                 pos = end
                 self._last_frame_end = end
-                if kind is not stream.Kind.APDU:
+                if kind is not Kind.APDU:
                     self._framed = True
+                # The closing-flag handling at the top of the loop, without another search:
+                if buf[end : end + 2] == b"\x7e\x7e":
+                    pos += 1  # a closing flag, then the next frame's opening flag
+                elif end + 1 == size and not final and buf[end] == FLAG:
+                    break  # only the closing flag so far: wait for what follows it
                 continue
             # A bad frame may have been cut short on the line, with a good frame starting inside it:
             # report only the bytes before that frame, and resynchronise inside the bad one.
@@ -208,7 +227,7 @@ class Decoder:
             if inner is not None:
                 end = inner
                 error, detail = "cut_short", "frame cut short: another frame starts inside it"
-            elif kind is stream.Kind.HDLC and buf[end : end + 1] == b"\x7e":
+            elif kind is Kind.HDLC and buf[end : end + 1] == b"\x7e":
                 end += 1  # report the closing flag with the frame
             events.append(self._undecoded(layer, error, detail, bytes(buf[start:end])))
             self._reported_until = max(self._reported_until, end)
@@ -246,12 +265,13 @@ class Decoder:
     def _on_hdlc(
         self, events: list[Event], frame: bytes, header: hdlc.HdlcHeader, buf: bytearray, end: int
     ) -> tuple[Layer, str, str] | None:
-        if not hdlc.fcs_ok(frame):
+        length = header.length
+        if not x25_ok(frame[1 : length + 1]):  # the FCS (hdlc.fcs_ok, inlined: once per frame)
             self._drop_segments(events, "hdlc", self._hdlc_segments, self._hdlc_raw)
             return "hdlc", "fcs_error", "frame check sequence does not match"
         raw = frame + b"\x7e" if buf[end : end + 1] == b"\x7e" else frame
         self.counters["frames"] += 1
-        info = hdlc.information(frame, header)
+        info = frame[header.header_end : length - 1]  # hdlc.information (empty without one)
         if header.segmented:
             self._hdlc_segments.append(info)
             self._hdlc_raw.append(raw)

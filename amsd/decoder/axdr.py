@@ -299,16 +299,15 @@ def cosem_datetime(raw: bytes, *, naive: bool = False) -> datetime | None:
         second = 0
     if hundredths >= 100:
         hundredths = 0
+    tz: timezone | None = None
+    if not (naive or deviation == _NOT_SPECIFIED_DEVIATION or not -840 <= deviation <= 840):
+        tz = _TIMEZONES.get(deviation)
+        if tz is None:
+            tz = _TIMEZONES[deviation] = timezone(timedelta(minutes=-deviation))
     try:
-        value = datetime(year, month, day, hour, minute, second, hundredths * 10000)
+        return datetime(year, month, day, hour, minute, second, hundredths * 10000, tz)  # one object, not two
     except ValueError:
         return None
-    if naive or deviation == _NOT_SPECIFIED_DEVIATION or not -840 <= deviation <= 840:
-        return value
-    tz = _TIMEZONES.get(deviation)
-    if tz is None:
-        tz = _TIMEZONES[deviation] = timezone(timedelta(minutes=-deviation))
-    return value.replace(tzinfo=tz)
 
 
 def cosem_date(raw: bytes) -> date | None:

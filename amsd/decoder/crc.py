@@ -23,6 +23,16 @@ def crc16_x25(data: bytes | bytearray | memoryview) -> int:
     return ((_REVERSE_BITS[crc & 0xFF] << 8) | _REVERSE_BITS[crc >> 8]) ^ 0xFFFF  # _reverse16 inlined
 
 
+# The X.25 CRC of a message followed by its own CRC (least significant byte first) is a constant: in
+# the bit-reversed domain used above, 0x1D0F (the reflected "good FCS" 0xF0B8, reversed).
+_X25_GOOD: Final = 0x1D0F
+
+
+def x25_ok(data: bytes | bytearray) -> bool:
+    """True if `data` ends with its correct CRC-16/X.25 (HDLC HCS or FCS check in one C call)."""
+    return binascii.crc_hqx(data.translate(_REVERSE_BITS), 0xFFFF) == _X25_GOOD
+
+
 # CRC-16/ARC (DSMR P1): reflected poly 0x8005 (0xA001 reflected), init 0, no xorout. binascii has no
 # C routine for this polynomial and even a 16-bit table loop costs ~25 ns per byte, so the message is
 # reduced as one big integer instead, in a handful of C-level shifts and XORs:

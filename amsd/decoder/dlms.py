@@ -27,6 +27,7 @@ import struct
 from collections.abc import Callable
 from datetime import date, datetime
 from functools import partial
+from itertools import repeat
 from operator import call, itemgetter, mul, truediv
 from typing import Any, Final, cast
 
@@ -156,17 +157,9 @@ class DlmsInterpreter:
             self._manufacturer = manufacturer
         elif self._meter_id is not None and manufacturer in (None, self._manufacturer):
             meter_id, model, manufacturer = self._meter_id, model or self._model, self._manufacturer
+        # Positional (Reading's field order): keyword arguments cost more, once per frame.
         return Reading(
-            values,
-            meter_id=meter_id,
-            timestamp=clock,
-            model=model,
-            list=list_name,
-            manufacturer=manufacturer,
-            protocol="dlms",
-            system_title=system_title,
-            invocation_counter=invocation_counter,
-            raw=raw,
+            values, meter_id, clock, model, list_name, manufacturer, "dlms", system_title, invocation_counter, None, raw
         )
 
     def _interpret(self, apdu: bytes, system_title: str | None, build_template: bool) -> _Result:
@@ -375,6 +368,7 @@ class _Template:
         "fallback",
         "float32_mask",
         "inference",
+        "inference_roles",
         "meta",
         "naive_header",
         "number_codes",
@@ -428,6 +422,10 @@ class _Template:
         self.naive_header = naive_header
         self.system_title = system_title
         self.inference = inference
+        # (slot, role, index) of every inference input, as `_infer_scales` would classify it.
+        self.inference_roles = tuple(
+            (slot, *_inference_role(code[2])) for code, slot in (inference[1] if inference else ())
+        )
 
     @classmethod
     def build(
@@ -543,11 +541,12 @@ class _Template:
                 float32(raw) if is_float32 else raw for raw, is_float32 in zip(numbers, self.float32_mask, strict=True)
             )
         operators, operands, units = self.scaling if self.inference is None else self._infer(fields)
-        values = cast(dict[str, Value], self.skeleton.copy())
+        values: dict[str, Value] = self.skeleton.copy()  # type: ignore[assignment]  # (no cast() call)
         values.update(
             zip(
                 self.number_keys,
-                map(_new_value, zip(map(call, operators, numbers, operands), units, strict=True)),
+                # tuple.__new__(Value, (value, unit)) per number, called by map directly (no partial).
+                map(tuple.__new__, repeat(Value), zip(map(call, operators, numbers, operands), units, strict=True)),
                 strict=True,
             )
         )
@@ -571,9 +570,22 @@ class _Template:
         would keep it.
         """
         assert self.inference is not None
-        base, inputs = self.inference
-        entries: list[Entry] = [(code, fields[slot], None, None, 0) for code, slot in inputs]
-        table, evidence = _infer_scales(entries, base)
+        # `_infer_scales` over this frame's numbers, with each input's role looked up once per
+        # template instead of once per frame (this runs for every frame until the evidence comes).
+        voltages = [0, 0, 0]
+        currents = [0, 0, 0]
+        power = 0
+        for slot, role, index in self.inference_roles:
+            value = fields[slot]
+            if type(value) is not int:
+                continue
+            if role == _VOLTAGE:
+                voltages[index] = value
+            elif role == _CURRENT:
+                currents[index] = value
+            else:
+                power += index * value  # index: +1 import, -1 export
+        table, evidence = infer_swiss_scales(self.inference[0], voltages, currents, power)
         # `_scale(code, None, table)` depends on the table only through the code's quantity.
         chosen = tuple(map(table.get, self.quantities))
         scaling = self.scalings.get(chosen)
@@ -716,6 +728,18 @@ def _is_inference_input(code: bytes, value: object, scaler_unit: object) -> bool
     return scaler_unit is None and type(value) is int and code[0] == 1 and code[3] == 7 and code[2] in _INFERENCE_C
 
 
+_VOLTAGE, _CURRENT, _POWER = range(3)
+
+
+def _inference_role(c: int) -> tuple[int, int]:
+    """(role, index) of an inference input with OBIS group C (see `_infer_scales`)."""
+    if c in _PHASE_VOLTAGES:
+        return _VOLTAGE, _PHASE_VOLTAGES[c]
+    if c in _PHASE_CURRENTS:
+        return _CURRENT, _PHASE_CURRENTS[c]
+    return _POWER, 1 if c == 1 else -1
+
+
 def _infer_scales(entries: list[Entry], table: Table) -> tuple[Table, bool]:
     """Collect raw phase voltages, currents and active power for `infer_swiss_scales`."""
     voltages = [0, 0, 0]
@@ -752,7 +776,7 @@ def _scale(code: bytes, scaler_unit: object, table: Table | None) -> tuple[str |
 
 
 def _stamp_value(stamp: datetime | None, raw: bytes) -> Value:
-    return Value(stamp.isoformat() if stamp is not None else raw.hex().upper())
+    return _new_value((stamp.isoformat() if stamp is not None else raw.hex().upper(), None))
 
 
 def _apply(raw: int | float, exponent: int) -> int | float:

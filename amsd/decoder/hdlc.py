@@ -7,10 +7,11 @@ early, before waiting for a frame that does not exist.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
-from amsd.decoder.crc import crc16_x25
+from amsd.decoder.crc import x25_ok
 
 FLAG: Final = 0x7E
 SEGMENTED_BIT: Final = 0x08
@@ -18,14 +19,19 @@ MAX_ADDRESS_BYTES: Final = 4
 # format(2) + dst(1) + src(1) + control(1) + HCS(2): the shortest frame without an information field.
 MIN_LENGTH: Final = 7
 
+# A complete header up to the control byte, in one C-level match: flag, format type 3, length byte,
+# destination and source addresses (up to 3 bytes with bit 0 clear, then one with bit 0 set), control.
+# Anything this does not match goes through the byte-wise check.
+_EVEN: Final = b"[" + b"".join(re.escape(bytes((value,))) for value in range(0, 256, 2)) + b"]"
+_ODD: Final = b"[" + b"".join(re.escape(bytes((value,))) for value in range(1, 256, 2)) + b"]"
+_HEADER: Final = re.compile(rb"\x7e[\xa0-\xaf].(?:%s{0,3}%s){2}." % (_EVEN, _ODD), re.DOTALL)
+
 
 @dataclass(slots=True)
 class HdlcHeader:
     length: int  # bytes between the flags
     segmented: bool
-    destination: bytes
-    source: bytes
-    control: int
+    control: int  # (the addresses are not kept: nothing on a push-only HAN port needs them)
     header_end: int  # offset after HCS, relative to the opening flag
 
 
@@ -35,6 +41,21 @@ def parse_header(buf: bytes | bytearray, start: int) -> HdlcHeader | bool | None
     Returns the header when format and HCS are valid, None when more bytes are needed, and False when
     this is not a frame start. Runs once per frame and at every candidate flag, so it is kept flat.
     """
+    match = _HEADER.match(buf, start)
+    if match is not None:
+        hcs_at = match.end()
+        header_end = hcs_at + 2
+        if header_end <= len(buf):
+            fmt_hi = buf[start + 1]
+            length = ((fmt_hi & 0x07) << 8) | buf[start + 2]
+            if length < MIN_LENGTH or header_end - start - 1 > length or not x25_ok(buf[start + 1 : header_end]):
+                return False
+            return HdlcHeader(length, bool(fmt_hi & SEGMENTED_BIT), buf[hcs_at - 1], header_end - start)
+    return _parse_header_bytewise(buf, start)
+
+
+def _parse_header_bytewise(buf: bytes | bytearray, start: int) -> HdlcHeader | bool | None:
+    """`parse_header` for what its regular expression does not match: tells None from False."""
     end = len(buf)
     if end - start < 3:
         return None
@@ -68,23 +89,14 @@ def parse_header(buf: bytes | bytearray, start: int) -> HdlcHeader | bool | None
         return False
     if end < header_end:
         return None
-    if crc16_x25(buf[start + 1 : hcs_at]) != buf[hcs_at] | (buf[hcs_at + 1] << 8):
+    if not x25_ok(buf[start + 1 : header_end]):
         return False
-    return HdlcHeader(
-        length,
-        bool(fmt_hi & SEGMENTED_BIT),
-        bytes(buf[dst_start:src_start]),
-        bytes(buf[src_start : pos + 1]),
-        buf[pos + 1],
-        header_end - start,
-    )
+    return HdlcHeader(length, bool(fmt_hi & SEGMENTED_BIT), buf[pos + 1], header_end - start)
 
 
 def fcs_ok(frame: bytes) -> bool:
     """`frame` runs from the opening flag through the FCS (the closing flag is optional)."""
-    length = ((frame[1] & 0x07) << 8) | frame[2]
-    fcs_at = length - 1
-    return crc16_x25(frame[1:fcs_at]) == (frame[fcs_at] | (frame[fcs_at + 1] << 8))
+    return x25_ok(frame[1 : (((frame[1] & 0x07) << 8) | frame[2]) + 1])
 
 
 def information(frame: bytes, header: HdlcHeader) -> bytes:
