@@ -20,16 +20,14 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
-
 from amsd.sim.simulate import FrameRecord
-from tests.e2e.test_daemon_e2e import clean_env, toml_value
+from tests.e2e.test_daemon_e2e import clean_env, listening_into, toml_value
 from tests.mosquitto import Broker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -197,6 +195,11 @@ class TimedSubscriber:
     messages: list[tuple[float, str, bytes]] = field(default_factory=list)
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
+    async def _add(self, topic: str, payload: bytes, retain: bool) -> None:
+        async with self._changed:
+            self.messages.append((time.monotonic(), topic, payload))
+            self._changed.notify_all()
+
     def on(self, topic: str) -> list[bytes]:
         return [p for _, t, p in self.messages if t == topic]
 
@@ -218,50 +221,25 @@ class TimedSubscriber:
             raise AssertionError(f"condition not met in {timeout} s: {context() if context else ''}") from None
 
 
-@contextlib.asynccontextmanager
-async def timed_listener(
+def timed_listener(
     broker: Broker,
     topic: str = "#",
     *,
     identifier: str = "faults-listener",
     username: str | None = None,
     password: str | None = None,
-) -> AsyncIterator[TimedSubscriber]:
+) -> contextlib.AbstractAsyncContextManager[TimedSubscriber]:
     """A persistent-session subscriber that reconnects whenever the broker comes back; with a broker
     that has persistence it misses nothing published while it was away."""
-    collected = TimedSubscriber()
-    ready = asyncio.Event()
-
-    async def listen() -> None:
-        while True:
-            try:
-                async with aiomqtt.Client(
-                    broker.host,
-                    broker.port,
-                    identifier=identifier,
-                    clean_session=False,
-                    username=username,
-                    password=password,
-                ) as client:
-                    await client.subscribe(topic, qos=1)
-                    ready.set()
-                    async for message in client.messages:
-                        payload = message.payload
-                        assert isinstance(payload, bytes)
-                        async with collected._changed:
-                            collected.messages.append((time.monotonic(), str(message.topic), payload))
-                            collected._changed.notify_all()
-            except aiomqtt.MqttError:
-                await asyncio.sleep(0.05)  # broker down: retry shortly
-
-    task = asyncio.create_task(listen())
-    try:
-        await asyncio.wait_for(ready.wait(), WAIT)
-        yield collected
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    return listening_into(
+        TimedSubscriber(),
+        broker,
+        topic,
+        identifier=identifier,
+        clean_session=False,
+        username=username,
+        password=password,
+    )
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = WAIT, interval: float = 0.02) -> None:

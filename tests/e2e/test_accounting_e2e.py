@@ -12,17 +12,15 @@ import asyncio
 import contextlib
 import functools
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import aiomqtt
 import pytest
 
 from tests.conftest import Subscriber
-from tests.e2e.test_daemon_e2e import DaemonProcess, meter, simulators, write_config
+from tests.e2e.test_daemon_e2e import DaemonProcess, listening_into, meter, simulators, write_config
 from tests.mosquitto import MOSQUITTO, SKIP_REASON, Broker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(MOSQUITTO is None, reason=SKIP_REASON)]
@@ -35,29 +33,11 @@ TOPIC = "amsd/m/accounting"
 WAIT = 30.0
 
 
-@contextlib.asynccontextmanager
-async def listening(broker: Broker) -> AsyncIterator[Subscriber]:
+def listening(broker: Broker) -> contextlib.AbstractAsyncContextManager[Subscriber]:
     """Only the topics this test reads: the per-value topics would be most of the traffic."""
-    collected = Subscriber()
-    ready = asyncio.Event()
-
-    async def listen() -> None:
-        async with aiomqtt.Client(broker.host, broker.port, identifier="accounting-e2e") as client:
-            for topic in (TOPIC, "amsd/m/state", "homeassistant/device/#"):
-                await client.subscribe(topic, qos=1)
-            ready.set()
-            async for message in client.messages:
-                assert isinstance(message.payload, bytes)
-                await collected._add(str(message.topic), message.payload, bool(message.retain))
-
-    task = asyncio.create_task(listen())
-    try:
-        await asyncio.wait_for(ready.wait(), WAIT)
-        yield collected
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-            await task
+    return listening_into(
+        Subscriber(), broker, (TOPIC, "amsd/m/state", "homeassistant/device/#"), identifier="accounting-e2e"
+    )
 
 
 def counters(subscriber: Subscriber) -> dict[datetime, float]:

@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import aiomqtt
 import pytest
@@ -144,8 +144,14 @@ async def simulators(*servers: SimServer) -> AsyncIterator[None]:
             await asyncio.wait_for(server.stop(), WAIT)
 
 
-@contextlib.asynccontextmanager
-async def listening(
+class MessageCollector(Protocol):
+    async def _add(self, topic: str, payload: bytes, retain: bool) -> None: ...
+
+
+CollectorT = TypeVar("CollectorT", bound=MessageCollector)
+
+
+def listening(
     broker: Broker,
     topic: str = "#",
     *,
@@ -153,10 +159,33 @@ async def listening(
     clean_session: bool = True,
     username: str | None = None,
     password: str | None = None,
-) -> AsyncIterator[Subscriber]:
+) -> contextlib.AbstractAsyncContextManager[Subscriber]:
     """A subscriber that reconnects when the broker goes away (with `clean_session=False` and a broker with
     persistence it misses nothing published while it was away)."""
-    collected = Subscriber()
+    return listening_into(
+        Subscriber(),
+        broker,
+        topic,
+        identifier=identifier,
+        clean_session=clean_session,
+        username=username,
+        password=password,
+    )
+
+
+@contextlib.asynccontextmanager
+async def listening_into(
+    collected: CollectorT,
+    broker: Broker,
+    topic: str | tuple[str, ...] = "#",
+    *,
+    identifier: str = "e2e-listener",
+    clean_session: bool = True,
+    username: str | None = None,
+    password: str | None = None,
+) -> AsyncIterator[CollectorT]:
+    """`listening`, delivering every message to `collected`; `topic` may be several filters."""
+    topics = (topic,) if isinstance(topic, str) else topic
     ready = asyncio.Event()
 
     async def listen() -> None:
@@ -170,7 +199,8 @@ async def listening(
                     username=username,
                     password=password,
                 ) as client:
-                    await client.subscribe(topic, qos=1)
+                    for subscription in topics:
+                        await client.subscribe(subscription, qos=1)
                     ready.set()
                     async for message in client.messages:
                         payload = message.payload
