@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 from amsd.decoder.crc import x25_ok
 
@@ -42,56 +42,49 @@ def parse_header(buf: bytes | bytearray, start: int) -> HdlcHeader | bool | None
     this is not a frame start. Runs once per frame and at every candidate flag, so it is kept flat.
     """
     match = _HEADER.match(buf, start)
-    if match is not None:
-        hcs_at = match.end()
-        header_end = hcs_at + 2
-        if header_end <= len(buf):
-            fmt_hi = buf[start + 1]
-            length = ((fmt_hi & 0x07) << 8) | buf[start + 2]
-            if length < MIN_LENGTH or header_end - start - 1 > length or not x25_ok(buf[start + 1 : header_end]):
-                return False
-            return HdlcHeader(length, bool(fmt_hi & SEGMENTED_BIT), buf[hcs_at - 1], header_end - start)
-    return _parse_header_bytewise(buf, start)
-
-
-def _parse_header_bytewise(buf: bytes | bytearray, start: int) -> HdlcHeader | bool | None:
-    """`parse_header` for what its regular expression does not match: tells None from False."""
-    end = len(buf)
-    if end - start < 3:
-        return None
+    hcs_at = match.end() if match is not None else _hcs_offset_bytewise(buf, start)
+    if hcs_at is None or hcs_at is False:
+        return hcs_at
     fmt_hi = buf[start + 1]
-    if fmt_hi & 0xF0 != 0xA0:
-        return False
     length = ((fmt_hi & 0x07) << 8) | buf[start + 2]
-    if length < MIN_LENGTH:
-        return False
-    # Each address ends at its first byte with bit 0 set, after at most 4 bytes.
-    dst_start = start + 3
-    pos = dst_start
-    limit = dst_start + MAX_ADDRESS_BYTES
-    while pos < end and pos < limit and not buf[pos] & 1:
-        pos += 1
-    if pos == limit:
-        return False
-    if pos >= end:
-        return None
-    src_start = pos = pos + 1
-    limit = src_start + MAX_ADDRESS_BYTES
-    while pos < end and pos < limit and not buf[pos] & 1:
-        pos += 1
-    if pos == limit:
-        return False
-    if pos >= end:
-        return None
-    hcs_at = pos + 2  # after the last source byte and the control byte
     header_end = hcs_at + 2
-    if header_end - start - 1 > length:
+    if length < MIN_LENGTH or header_end - start - 1 > length:
         return False
-    if end < header_end:
+    if header_end > len(buf):
         return None
     if not x25_ok(buf[start + 1 : header_end]):
         return False
-    return HdlcHeader(length, bool(fmt_hi & SEGMENTED_BIT), buf[pos + 1], header_end - start)
+    return HdlcHeader(length, bool(fmt_hi & SEGMENTED_BIT), buf[hcs_at - 1], header_end - start)
+
+
+def _hcs_offset_bytewise(buf: bytes | bytearray, start: int) -> int | Literal[False] | None:
+    """Offset of the HCS for what the regular expression does not match: None when more bytes are
+    needed, False when the format or an address is not HDLC."""
+    end = len(buf)
+    if end - start < 3:
+        return None
+    if buf[start + 1] & 0xF0 != 0xA0 or ((buf[start + 1] & 0x07) << 8) | buf[start + 2] < MIN_LENGTH:
+        return False  # (the length check again, so that a short length is refused before waiting)
+    control_at = _address_end(buf, start + 3, end)
+    if control_at is None or control_at is False:
+        return control_at
+    control_at = _address_end(buf, control_at, end)
+    if control_at is None or control_at is False:
+        return control_at
+    return control_at + 1
+
+
+def _address_end(buf: bytes | bytearray, begin: int, end: int) -> int | Literal[False] | None:
+    """Offset after the address at `begin`: it ends at its first byte with bit 0 set, within 4 bytes."""
+    pos = begin
+    limit = begin + MAX_ADDRESS_BYTES
+    while pos < end and pos < limit and not buf[pos] & 1:
+        pos += 1
+    if pos == limit:
+        return False
+    if pos >= end:
+        return None
+    return pos + 1
 
 
 def fcs_ok(frame: bytes) -> bool:
