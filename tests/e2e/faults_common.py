@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from amsd.sim.simulate import FrameRecord
-from tests.e2e.test_daemon_e2e import clean_env, listening_into, toml_value
+from tests.e2e.test_daemon_e2e import clean_env, listening_into, toml_document
 from tests.mosquitto import Broker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,14 +104,7 @@ def write_config(
         "outbox": {"path": str(outbox), **({"max_messages": outbox_max} if outbox_max else {})},
         "log": {"level": "info", "format": "json"},
     }
-    lines: list[str] = []
-    for section, table in sections.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {toml_value(value)}" for key, value in table.items()]
-    for entry in meters:
-        lines.append("[[meters]]")
-        lines += [f"{key} = {toml_value(value)}" for key, value in entry.items()]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text(toml_document(sections, meters), encoding="utf-8")
     path.chmod(0o600)  # it holds secrets: amsd warns otherwise
     return path
 

@@ -76,6 +76,13 @@ def write_config(
         "outbox": {"path": str(tmp_path / "outbox.sqlite3")},
         "log": {"level": "info", "format": "json"},
     }
+    path = tmp_path / "amsd.toml"
+    path.write_text(toml_document(sections, meters), encoding="utf-8")
+    return path
+
+
+def toml_document(sections: dict[str, dict[str, object]], meters: list[dict[str, object]]) -> str:
+    """An amsd config file: the given tables, then one `[[meters]]` table per meter."""
     lines: list[str] = []
     for section, table in sections.items():
         lines.append(f"[{section}]")
@@ -83,9 +90,7 @@ def write_config(
     for entry in meters:
         lines.append("[[meters]]")
         lines += [f"{key} = {toml_value(value)}" for key, value in entry.items()]
-    path = tmp_path / "amsd.toml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return "\n".join(lines) + "\n"
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
