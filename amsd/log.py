@@ -11,7 +11,7 @@ Formats:
 
 Tracebacks are plain text without local variables (locals would print key bytes). Every registered
 secret is replaced by `***` in every field, exception text included, for amsd's own events and for
-records from other libraries (aiomqtt, asyncio) alike.
+records from other libraries (asyncio, sqlite3) alike.
 
 Rate limiting: a warning or error with the same (event, rate key) is emitted at most once per
 interval; the next emission carries `suppressed=N`. The rate key is the `rate_key` field when given,

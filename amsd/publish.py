@@ -7,8 +7,9 @@ at a time. While the broker is unreachable, and whenever the queue overflows, pe
 each message deleted only once the broker acknowledged it, and then live traffic continues.
 Live-only messages (the per-value topics) are not stored: their next value replaces them.
 
-aiomqtt 2.x has no automatic reconnect, and a clean disconnect does not send the LWT, so this module
-reconnects itself (backoff 1 s doubling to 30 s, with jitter) and publishes `offline` on stop.
+The connection is amsd's own small MQTT client (`amsd.mqtt`; why: docs/design-notes.md). This module
+reconnects (backoff 1 s doubling to 30 s, with jitter), and publishes `offline` itself on a clean
+stop, since a DISCONNECT makes the broker discard the will.
 """
 
 from __future__ import annotations
@@ -16,24 +17,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
-
-import aiomqtt
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from amsd.log import get_logger
+from amsd.mqtt import Connection, ConnectOptions, MqttError
 from amsd.outbox import Outbox
+
+if TYPE_CHECKING:
+    import ssl
 
 log = get_logger("amsd.publish")
 
 BACKOFF_INITIAL_S: Final = 1.0
 BACKOFF_MAX_S: Final = 30.0
-V5_INFLIGHT: Final = 20  # MQTT 5: at most the broker's receive maximum (Mosquitto's default)
-WINDOW: Final = 1000  # messages handed to paho and not yet acknowledged
+WINDOW: Final = 1000  # messages written and not yet acknowledged
+QOS2_WINDOW: Final = 10
+CONNECT_BATCH: Final = 10  # connect messages (discovery, availability) in flight at a time
+CONNECT_TIMEOUT_S: Final = 10.0
 PUBLISH_TIMEOUT_S: Final = 10.0
 ONLINE: Final = b"online"
 OFFLINE: Final = b"offline"
@@ -73,10 +77,11 @@ class PublisherSettings:
 
 @dataclass(slots=True)
 class _InFlight:
-    info: Any  # paho.mqtt.client.MQTTMessageInfo
-    sent: float  # time.monotonic() at hand-over to paho
+    packet_id: int  # 0 for QoS 0
+    sent: float  # time.monotonic() when written
     outbox_id: int | None  # set when the message came from the outbox
     message: OutMessage | None  # set when it came from the queue
+    acked: bool
 
 
 class MessageSink(Protocol):
@@ -125,6 +130,7 @@ class Publisher:
         self.outboxed = 0
         self.dropped_live = 0
         self.reconnects = 0
+        self.refused = 0  # MQTT 5 only: acknowledged with a failure reason (e.g. not authorized)
         self.last_error: str | None = None
 
     # ------------------------------------------------------------------------------- interface
@@ -155,6 +161,7 @@ class Publisher:
             "live_values_skipped": self.dropped_live,
             "queue_depth": len(self._queue),
             "reconnects": self.reconnects,
+            "refused_by_broker": self.refused,
         }
 
     def start(self) -> asyncio.Task[None]:
@@ -192,51 +199,62 @@ class Publisher:
             self.outbox.append_many(rows)
             self.outboxed += len(rows)
 
-    def _client(self) -> aiomqtt.Client:
+    def _ssl_context(self) -> ssl.SSLContext | None:
         s = self.settings
-        tls_params = None
-        if s.tls or s.tls_ca_file or s.tls_cert_file:
-            tls_params = aiomqtt.TLSParameters(
-                ca_certs=s.tls_ca_file,
-                certfile=s.tls_cert_file,
-                keyfile=s.tls_key_file,
-                cert_reqs=ssl.CERT_NONE if s.tls_insecure else ssl.CERT_REQUIRED,
-            )
-        return aiomqtt.Client(
-            s.host,
-            s.port,
+        if not (s.tls or s.tls_ca_file or s.tls_cert_file):
+            return None
+        import ssl
+
+        context = ssl.create_default_context(cafile=s.tls_ca_file)
+        if s.tls_cert_file:
+            context.load_cert_chain(s.tls_cert_file, s.tls_key_file)
+        if s.tls_insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    def _connect_options(self) -> ConnectOptions:
+        s = self.settings
+        return ConnectOptions(
+            client_id=s.client_id,
             username=s.username,
             password=s.password,
-            identifier=s.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5 if s.protocol == "5" else aiomqtt.ProtocolVersion.V311,
-            will=aiomqtt.Will(s.status_topic, OFFLINE, qos=1, retain=True),
             keepalive=s.keepalive,
-            tls_params=tls_params,
-            tls_insecure=s.tls_insecure if tls_params else None,
-            timeout=10.0,
-            # MQTT 3.1.1 has no receive limit: 0 lets paho send at once and skips its per-acknowledgement
-            # scan of every queued message (O(n) per PUBACK: 70 us at 1,000 in flight); WINDOW bounds
-            # what is in flight. MQTT 5 brokers announce a receive maximum (Mosquitto: 20): stay below.
-            max_inflight_messages=V5_INFLIGHT if s.protocol == "5" else 0,
-            logger=_quiet_paho_logger(),
+            version=5 if s.protocol == "5" else 4,
+            will_topic=s.status_topic,
+            will_payload=OFFLINE,
+            will_qos=1,
+            will_retain=True,
         )
 
     async def _run(self) -> None:
         delay = self._backoff_initial
         while True:
+            connection: Connection | None = None
             try:
-                async with self._client() as client:
-                    self._connected.set()
-                    delay = self._backoff_initial
-                    log.info("mqtt connected", host=self.settings.host, port=self.settings.port)
-                    await self._session(client)
-                    await client.publish(self.settings.status_topic, OFFLINE, qos=1, retain=True, timeout=2.0)
+                connection = await Connection.open(
+                    self.settings.host,
+                    self.settings.port,
+                    self._connect_options(),
+                    ssl_context=self._ssl_context(),
+                    timeout=CONNECT_TIMEOUT_S,
+                )
+                self._connected.set()
+                delay = self._backoff_initial
+                log.info("mqtt connected", host=self.settings.host, port=self.settings.port)
+                await self._session(connection)
+                await connection.publish_confirmed(self.settings.status_topic, OFFLINE, retain=True, timeout=2.0)
+                await connection.disconnect()
                 self._connected.clear()
                 return  # clean stop
             except Exception as exc:
-                # MqttError is the expected case; anything else (a full disk under the outbox, a bug)
-                # must not end publishing for the daemon's lifetime either: log it and reconnect.
-                if not isinstance(exc, aiomqtt.MqttError):
+                # MqttError is the expected case; anything else (a full disk under the outbox, a bug,
+                # an unreadable certificate) must not end publishing for the daemon's lifetime either:
+                # log it and reconnect.
+                if connection is not None:
+                    self.refused += connection.refused
+                    connection.abort()
+                if not isinstance(exc, MqttError):
                     log.error("publisher failed, restarting it", error=repr(exc), exc_info=True)
                 self._connected.clear()
                 self.last_error = str(exc)
@@ -270,51 +288,71 @@ class Publisher:
             # While disconnected, new messages go straight to the outbox.
             self._spill(len(self._queue))
 
-    async def _session(self, client: aiomqtt.Client) -> None:
-        await client.publish(self.settings.status_topic, ONLINE, qos=1, retain=True, timeout=PUBLISH_TIMEOUT_S)
+    async def _session(self, connection: Connection) -> None:
+        await connection.publish_confirmed(self.settings.status_topic, ONLINE, retain=True, timeout=PUBLISH_TIMEOUT_S)
         if self.settings.discovery_prefix:
-            await client.subscribe(f"{self.settings.discovery_prefix}/status", qos=1)
-        # The listener also notices a dropped connection: its iterator raises, and its end wakes us.
-        listener = asyncio.create_task(self._listen(client), name="amsd-mqtt-listener")
+            await connection.subscribe(f"{self.settings.discovery_prefix}/status", qos=1, timeout=PUBLISH_TIMEOUT_S)
+        connection.closed.add_done_callback(lambda _: self._wake.set())
+        listener = asyncio.create_task(self._listen(connection), name="amsd-mqtt-listener")
         listener.add_done_callback(lambda _: self._wake.set())
         inflight: deque[_InFlight] = deque()
         try:
-            await self._send_connect_messages(client)
-            await self._pump(client, listener, inflight)
+            await self._send_connect_messages(connection)
+            await self._pump(connection, listener, inflight)
         finally:
+            connection.on_acks = None
             listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+            with contextlib.suppress(asyncio.CancelledError, MqttError):
                 await listener
             self._keep_unacknowledged(inflight)
 
-    async def _pump(self, client: aiomqtt.Client, listener: asyncio.Task[None], inflight: deque[_InFlight]) -> None:
-        """Deliver the outbox, then the queue, keeping up to WINDOW messages in flight.
+    async def _pump(self, connection: Connection, listener: asyncio.Task[None], inflight: deque[_InFlight]) -> None:
+        """Deliver the outbox, then the queue, keeping up to `window` messages in flight.
 
-        aiomqtt's `publish()` awaits each PUBACK through a future and a task per message, which caps
-        a client at about 3,000 messages/s here. paho's own `publish()` (reachable as `client._client`
-        in aiomqtt 2.x, pinned <3) queues a message in order and returns its MQTTMessageInfo at once;
-        an ack callback wakes this loop. Measured: about 3-4x the throughput, same ordering guarantees
-        (paho sends in call order, acks retire from the front).
+        Messages are written in order, a batch per write; the broker acknowledges QoS 1 messages in
+        the order it received them (MQTT 3.1.1 section 4.6), and entries retire from the front only,
+        so an out-of-order acknowledgement cannot delete an outbox row ahead of an older one.
         """
-        paho = client._client
-        inner_on_publish = paho.on_publish
+        by_packet_id: dict[int, _InFlight] = {}
 
-        def on_publish(*args: Any) -> None:
-            if inner_on_publish is not None:
-                inner_on_publish(*args)  # aiomqtt's own bookkeeping for its awaited publishes
+        def on_acks(packet_ids: list[int]) -> None:
+            pop = by_packet_id.pop
+            for packet_id in packet_ids:
+                entry = pop(packet_id, None)
+                if entry is not None:
+                    entry.acked = True
             self._wake.set()
 
-        paho.on_publish = on_publish
-        qos = self.settings.qos
+        connection.on_acks = on_acks
+        publish = connection.publish
+        now = time.monotonic()
+
+        def send(
+            topic: str, payload: bytes, qos: int, retain: bool, outbox_id: int | None, message: OutMessage | None
+        ) -> None:
+            packet_id = publish(topic, payload, qos, retain)
+            # QoS 0 needs no acknowledgement: written is done.
+            entry = _InFlight(packet_id, now, outbox_id, message, packet_id == 0)
+            if packet_id:
+                by_packet_id[packet_id] = entry
+            inflight.append(entry)
+
+        # MQTT 5 brokers announce how many QoS>0 messages they take in flight (Mosquitto: 20); keep a
+        # margin for the connect messages that Home Assistant's `online` can trigger meanwhile.
+        window = max(1, min(WINDOW, connection.receive_maximum - CONNECT_BATCH))
+        if self.settings.qos == 2:
+            # A QoS 2 message stays in the broker's incoming in-flight set until PUBREL; Mosquitto
+            # disconnects an MQTT 3.1.1 client with more than 20 of them (its receive maximum).
+            window = min(window, QOS2_WINDOW)
         outbox = self.outbox
         queue = self._queue
-        outbox_cursor: int | None = None  # highest outbox id handed to paho in this session
+        outbox_cursor: int | None = None  # highest outbox id handed to the connection in this session
         outbox_inflight = 0
         while True:
             self._wake.clear()
             # Retire acknowledged messages from the front; the outbox deletes only those.
             acked_ids: list[int] = []
-            while inflight and inflight[0].info.is_published():
+            while inflight and inflight[0].acked:
                 done = inflight.popleft()
                 if done.outbox_id is not None:
                     acked_ids.append(done.outbox_id)
@@ -322,24 +360,29 @@ class Publisher:
             if acked_ids:
                 outbox.remove(acked_ids)
                 outbox_inflight -= len(acked_ids)
+            if connection.closed.done():
+                raise connection.closed.exception() or MqttError("connection lost")
             if listener.done():
                 exc = listener.exception() if not listener.cancelled() else None
-                raise exc if isinstance(exc, aiomqtt.MqttError) else aiomqtt.MqttError("connection lost")
-            room = WINDOW - len(inflight)
+                raise exc if isinstance(exc, MqttError) else MqttError("connection lost")
+            room = window - len(inflight)
             if room > 0 and outbox.depth > outbox_inflight and not self._stopping:
                 # The outbox holds the oldest messages: it always goes first.
+                now = time.monotonic()
                 for stored in outbox.peek(room, after=outbox_cursor):
-                    self._send(paho, stored.topic, stored.payload, stored.qos, stored.retain, inflight, stored.id)
+                    send(stored.topic, stored.payload, stored.qos, stored.retain, stored.id, None)
                     outbox_cursor = stored.id
                     outbox_inflight += 1
+                connection.flush()
                 continue
             if room > 0 and queue and outbox.depth == 0:
-                if self._stopping or len(queue) <= room:
-                    batch = [queue.popleft() for _ in range(min(room, len(queue)))]
-                else:
-                    batch = [queue.popleft() for _ in range(room)]
-                for message in batch:
-                    self._send(paho, message.topic, message.payload, qos, message.retain, inflight, None, message)
+                qos = self.settings.qos
+                now = time.monotonic()
+                popleft = queue.popleft
+                for _ in range(min(room, len(queue))):
+                    message = popleft()
+                    send(message.topic, message.payload, qos, message.retain, None, message)
+                connection.flush()
                 await asyncio.sleep(0)  # let readers run between large bursts
                 continue
             if self._stopping:
@@ -351,68 +394,47 @@ class Publisher:
                 # An unacknowledged front for too long: the broker is stuck; reconnect and resend.
                 remaining = inflight[0].sent + PUBLISH_TIMEOUT_S - time.monotonic()
                 if remaining <= 0:
-                    raise aiomqtt.MqttError("publish timed out")
+                    raise MqttError("publish timed out")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), remaining)
             else:
                 await self._wake.wait()
-
-    def _send(
-        self,
-        paho: Any,
-        topic: str,
-        payload: bytes,
-        qos: int,
-        retain: bool,
-        inflight: deque[_InFlight],
-        outbox_id: int | None,
-        message: OutMessage | None = None,
-    ) -> None:
-        info = paho.publish(topic, payload, qos, retain)
-        # Tracked even on failure: `_keep_unacknowledged` must still see it.
-        inflight.append(_InFlight(info, time.monotonic(), outbox_id, message))
-        if info.rc != 0:
-            raise aiomqtt.MqttError(f"publish failed (paho rc {info.rc})")
 
     def _keep_unacknowledged(self, inflight: deque[_InFlight]) -> None:
         """After a lost connection, messages the broker never acknowledged go back to the outbox, ahead
         of anything spilled meanwhile. Outbox rows were never deleted, so they need nothing."""
         rows: list[tuple[str, bytes, int, bool]] = []
         for entry in inflight:
-            if entry.message is None or entry.info.is_published():
+            if entry.message is None or entry.acked:
                 continue
             if entry.message.persistent:
                 rows.append((entry.message.topic, entry.message.payload, self.settings.qos, entry.message.retain))
             else:
                 self.dropped_live += 1
-        self.published += sum(1 for entry in inflight if entry.message is not None and entry.info.is_published())
+        self.published += sum(1 for entry in inflight if entry.message is not None and entry.acked)
         inflight.clear()
         if rows:
             self.outbox.prepend_many(rows)
             self.outboxed += len(rows)
 
-    async def _send_connect_messages(self, client: aiomqtt.Client) -> None:
+    async def _send_connect_messages(self, connection: Connection) -> None:
         if self._on_connect is None:
             return
         messages = list(self._on_connect())
-        await asyncio.gather(
-            *(client.publish(m.topic, m.payload, qos=1, retain=m.retain, timeout=PUBLISH_TIMEOUT_S) for m in messages)
-        )
-        self.published += len(messages)
+        # A few at a time: an MQTT 5 broker's receive maximum also counts these.
+        for start in range(0, len(messages), CONNECT_BATCH):
+            await asyncio.gather(
+                *(
+                    connection.publish_confirmed(m.topic, m.payload, retain=m.retain, timeout=PUBLISH_TIMEOUT_S)
+                    for m in messages[start : start + CONNECT_BATCH]
+                )
+            )
+            self.published += len(messages[start : start + CONNECT_BATCH])
 
-    async def _listen(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            if message.payload == ONLINE:
+    async def _listen(self, connection: Connection) -> None:
+        while True:
+            _topic, payload = await connection.messages.get()
+            if payload == ONLINE:
                 # Home Assistant restarted: re-send discovery after a random delay, as it asks.
                 await asyncio.sleep(random.uniform(0.0, 5.0))
-                await self._send_connect_messages(client)
-
-
-def _quiet_paho_logger() -> Any:
-    import logging
-
-    # paho warns about every queue of pending publishes (our normal pipelining) and logs a dropped
-    # connection as an error; the publisher reports both in its own rate-limited words.
-    logger = logging.getLogger("amsd.paho")
-    logger.setLevel(logging.CRITICAL)
-    return logger
+                await self._send_connect_messages(connection)

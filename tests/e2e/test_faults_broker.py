@@ -119,10 +119,8 @@ async def test_broker_killed_and_restarted_5_times_every_reading_arrives_in_orde
     numbers = published_sequence(sub.on(STATE), sequence_of(sim.records))
     assert first_occurrences(numbers) == list(range(sent)), "lost or reordered readings"
     assert sent >= 5 * 8
-    # paho itself logs a lost connection at error level ("failed to receive on socket"): not amsd's.
-    errors = [
-        e for e in amsd.log_events() if e.get("level") in ("error", "critical") and e.get("logger") != "amsd.paho"
-    ]
+    # A broker restart is expected: it may warn, but nothing may log an error.
+    errors = [e for e in amsd.log_events() if e.get("level") in ("error", "critical")]
     assert not errors, errors
     assert "Traceback" not in amsd.output()
 

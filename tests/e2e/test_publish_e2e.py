@@ -167,6 +167,19 @@ async def test_mqtt5_connects_and_delivers(broker: Broker, subscriber: Subscribe
         assert await subscriber.wait_for("amsd/m/state", count=20, timeout=WAIT) == [str(i).encode() for i in range(20)]
 
 
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_qos2_delivers_in_order(broker: Broker, subscriber: Subscriber, tmp_path: Path, protocol: str) -> None:
+    async with running(_settings(broker, protocol=protocol, qos=2), Outbox(tmp_path / "outbox.db")) as publisher:
+        await subscriber.wait_for("amsd/status", lambda p: p == b"online", timeout=WAIT)
+        for message in _numbered(300):
+            publisher.submit(message)
+        assert await subscriber.wait_for("amsd/m/state", count=300, timeout=WAIT) == [
+            str(i).encode() for i in range(300)
+        ]
+        await eventually(lambda: publisher.published >= 300)
+        assert publisher.outbox.depth == 0
+
+
 async def test_custom_prefix_and_retain_flags(broker: Broker, subscriber: Subscriber, tmp_path: Path) -> None:
     async with running(_settings(broker, topic_prefix="home/amsd"), Outbox(tmp_path / "outbox.db")) as publisher:
         await subscriber.wait_for("home/amsd/status", lambda p: p == b"online", timeout=WAIT)
