@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     # --- run -------------------------------------------------------------------------------------
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"TOML config (default {DEFAULT_CONFIG})")
+    # Internal: the validated config, handed from the first process image to the lean one (daemon.py).
+    run.add_argument("--config-fd", type=int, default=None, help=argparse.SUPPRESS)
 
     # --- decode ----------------------------------------------------------------------------------
     decode = sub.add_parser(

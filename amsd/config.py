@@ -27,7 +27,6 @@ import socket
 import sys
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, Protocol, TypeAlias
 
@@ -43,14 +42,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    SettingsError,
-    TomlConfigSettingsSource,
-)
 
 from amsd.decoder.keys import KEY_BYTES
 from amsd.decoder.keys import key_from_text as parse_key_text  # one key syntax for config and CLI
@@ -63,9 +54,7 @@ STANDARD_BAUDRATES: Final = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 576
 
 # What people paste keys with: whitespace, colons, commas, dashes, and 0x prefixes (whole key or per byte).
 _SLUG: Final = re.compile(r"[a-z0-9_-]{1,64}")
-_URL_PORT: Final = re.compile(
-    r"(?P<scheme>socket|rfc2217)://(?P<host>[^\s/:]+|\[[0-9a-fA-F:.]+\]):(?P<port>\d{1,5})"
-)
+_URL_PORT: Final = re.compile(r"(?P<scheme>socket|rfc2217)://(?P<host>[^\s/:]+|\[[0-9a-fA-F:.]+\]):(?P<port>\d{1,5})")
 _FIELD_PREFIX: Final = re.compile(r"(?P<field>[a-z_]+): (?P<message>.*)", re.DOTALL)
 
 
@@ -265,9 +254,7 @@ class OutboxConfig(_Section):
 class LogConfig(_Section):
     """`[log]`. format "auto": journald under systemd, console on a terminal, JSON lines otherwise."""
 
-    level: Annotated[Literal["debug", "info", "warning", "error", "critical"], BeforeValidator(_lower)] = (
-        "info"
-    )
+    level: Annotated[Literal["debug", "info", "warning", "error", "critical"], BeforeValidator(_lower)] = "info"
     format: Annotated[Literal["auto", "console", "json", "journald"], BeforeValidator(_lower)] = "auto"
 
 
@@ -419,27 +406,25 @@ def validate_for_run(config: AmsdConfig) -> None:
 
 # --- loading ------------------------------------------------------------------------------------
 
-_toml_path: ContextVar[Path] = ContextVar("amsd_config_toml_path")
-
 
 def _env_name(path: tuple[str | int, ...]) -> str:
     return ENV_PREFIX + ENV_DELIMITER.join(str(part).upper() for part in path)
 
 
-def _merge(base: Any, override: Any, path: tuple[str | int, ...] = ()) -> Any:
+def merge_env_overrides(base: Any, override: Any, path: tuple[str | int, ...] = ()) -> Any:
     """Deep-merge env overrides into the TOML data. A dict with integer keys over a list (what
     `AMSD_METERS__0__KEY` produces) updates that list element; an index one past the end appends."""
     if isinstance(base, dict) and isinstance(override, dict):
         merged = dict(base)
         for key, value in override.items():
-            merged[key] = _merge(base[key], value, (*path, key)) if key in base else value
+            merged[key] = merge_env_overrides(base[key], value, (*path, key)) if key in base else value
         return merged
     if isinstance(base, list) and isinstance(override, dict) and all(k.isdigit() for k in override):
         merged_list = list(base)
         for index_text in sorted(override, key=int):
             index = int(index_text)
             if index < len(merged_list):
-                merged_list[index] = _merge(merged_list[index], override[index_text], (*path, index))
+                merged_list[index] = merge_env_overrides(merged_list[index], override[index_text], (*path, index))
             elif index == len(merged_list):
                 merged_list.append(override[index_text])
             else:
@@ -449,52 +434,6 @@ def _merge(base: Any, override: Any, path: tuple[str | int, ...] = ()) -> Any:
                 )
         return merged_list
     return override
-
-
-class _TomlWithEnvSource(PydanticBaseSettingsSource):
-    """The TOML file with `AMSD_*` environment variables merged over it."""
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
-        return None, field_name, False  # unused: __call__ builds the whole dict
-
-    def __call__(self) -> dict[str, Any]:
-        toml = TomlConfigSettingsSource(self.settings_cls, toml_file=_toml_path.get())
-        data: dict[str, Any] = toml.toml_data
-        env = EnvSettingsSource(
-            self.settings_cls, env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_DELIMITER, case_sensitive=False
-        )()
-        # A nested-looking variable for a section that does not exist is a typo, not something to ignore.
-        # (Plain AMSD_FOO variables, such as the test suite's AMSD_CONFORMANCE_DIR, are not config.)
-        for name in os.environ:
-            upper = name.upper()
-            if upper.startswith(ENV_PREFIX) and ENV_DELIMITER in upper[len(ENV_PREFIX) :]:
-                section = upper[len(ENV_PREFIX) :].split(ENV_DELIMITER)[0].lower()
-                if section not in AmsdConfig.model_fields:
-                    raise ConfigError(f"{upper}: unknown section {section!r} in environment override")
-        overrides = {key: value for key, value in env.items() if key in AmsdConfig.model_fields}
-        merged: dict[str, Any] = _merge(data, overrides)
-        return merged
-
-
-class _AmsdSettings(BaseSettings, AmsdConfig):
-    model_config = SettingsConfigDict(
-        extra="forbid",
-        hide_input_in_errors=True,
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter=ENV_DELIMITER,
-        case_sensitive=False,
-    )
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, _TomlWithEnvSource(settings_cls))
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:
@@ -575,18 +514,10 @@ def load_config(path: str | Path, *, require_meters: bool = True) -> AmsdConfig:
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message names the line and column, not the text of the line.
         raise ConfigError(f"{toml_path}: TOML syntax error: {exc}") from None
-    token = _toml_path.set(toml_path)
-    try:
-        config: AmsdConfig = _AmsdSettings()
-    except ValidationError as exc:
-        raise ConfigError(f"{toml_path}: invalid configuration:\n{format_validation_error(exc)}") from None
-    except SettingsError as exc:
-        # pydantic-settings failed to parse an environment variable (e.g. bad JSON for a table).
-        cause = exc.__cause__
-        detail = format_validation_error(cause) if isinstance(cause, ValidationError) else str(exc)
-        raise ConfigError(f"environment override: {detail}") from None
-    finally:
-        _toml_path.reset(token)
+    # pydantic-settings is imported only here: `amsd run` keeps it out of the long-running process.
+    from amsd.config_sources import settings_from
+
+    config = settings_from(toml_path)
     if require_meters:
         validate_for_run(config)
     exposed = exposed_secrets_warning(toml_path, raw_toml)
@@ -594,6 +525,40 @@ def load_config(path: str | Path, *, require_meters: bool = True) -> AmsdConfig:
         # stdlib logging: before configure_logging() it still reaches stderr (logging.lastResort).
         logging.getLogger("amsd.config").warning(exposed)
     from amsd.log import register_secret  # lazy: structlog is only needed once the config is good
+
+    for secret in config.secret_values():
+        register_secret(secret)
+    return config
+
+
+# --- handing a validated configuration to a fresh process image ----------------------------------
+
+
+def handover_bytes(config: AmsdConfig) -> bytes:
+    """The configuration as JSON with its secrets in clear, for `config_from_handover` in a re-executed
+    `amsd run` (DESIGN: one validation, then a long-running process without pydantic-settings).
+
+    Secrets read from `*_file` keys and systemd credentials travel as values (the files are not read
+    twice). The bytes hold keys: they go only into an anonymous memory file for the next image."""
+    data: dict[str, Any] = config.model_dump(mode="json")
+    mqtt = data["mqtt"]
+    mqtt["password_file"] = None
+    mqtt["password"] = config.mqtt.password.get_secret_value() if config.mqtt.password is not None else None
+    for meter, entry in zip(config.meters, data["meters"], strict=True):
+        for field in _METER_SECRETS:
+            key = getattr(meter, field)
+            entry[f"{field}_file"] = None
+            entry[field] = key.get_secret_value().hex() if key is not None else None
+    return json.dumps(data).encode()
+
+
+def config_from_handover(data: bytes) -> AmsdConfig:
+    """Rebuild (and validate again, with plain pydantic) what `handover_bytes` wrote; registers secrets."""
+    try:
+        config = AmsdConfig.model_validate_json(data)
+    except ValidationError as exc:
+        raise ConfigError(f"configuration handed over: {format_validation_error(exc)}") from None
+    from amsd.log import register_secret
 
     for secret in config.secret_values():
         register_secret(secret)
@@ -629,6 +594,4 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> list[str]:
     """Names (not values) of the `AMSD_*` variables that take part in the configuration."""
     env = os.environ if environ is None else environ
     sections = {f"{ENV_PREFIX}{name.upper()}" for name in AmsdConfig.model_fields}
-    return sorted(
-        name for name in env if name.upper() in sections or name.upper().split(ENV_DELIMITER)[0] in sections
-    )
+    return sorted(name for name in env if name.upper() in sections or name.upper().split(ENV_DELIMITER)[0] in sections)

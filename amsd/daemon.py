@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -28,20 +29,51 @@ STOP_TIMEOUT_S = 8.0  # SIGTERM must end the process within 10 s
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from amsd.config import ConfigError, load_config, validate_for_run
+    from amsd.config import ConfigError, config_from_handover, load_config, validate_for_run
     from amsd.log import configure_logging
 
     try:
-        config = load_config(args.config)
+        if args.config_fd is not None:
+            with os.fdopen(args.config_fd, "rb") as handover:
+                config = config_from_handover(handover.read())
+        else:
+            config = load_config(args.config)
         validate_for_run(config)
-    except ConfigError as exc:
+    except (ConfigError, OSError) as exc:
         print(f"amsd: config error: {exc}", file=sys.stderr)
         return 2
+    if args.config_fd is None:
+        _exec_lean(config)  # returns only where re-executing is off or impossible
     configure_logging(config.log.level, config.log.format)
     try:
         return asyncio.run(Daemon(config).run())
     except KeyboardInterrupt:
         return 0
+
+
+def _exec_lean(config: AmsdConfig) -> None:
+    """Continue `amsd run` in a fresh process image that never imports pydantic-settings.
+
+    Loading the configuration (pydantic-settings with its sources: about 125 modules, 9 MB resident)
+    is needed once, but its memory would stay for the daemon's lifetime. The validated configuration
+    goes into an anonymous memory file (it holds the keys: never a named file), and the same command
+    line is executed again with `--config-fd`: same PID (systemd's main process, sd_notify), same
+    interpreter and arguments. `AMSD_NO_REEXEC=1` turns this off (profilers, debuggers)."""
+    from amsd.config import handover_bytes
+
+    if os.environ.get("AMSD_NO_REEXEC") == "1" or not hasattr(os, "memfd_create"):
+        return
+    try:
+        fd = os.memfd_create("amsd-config", 0)
+        os.write(fd, handover_bytes(config))
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.set_inheritable(fd, True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [*sys.orig_argv, "--config-fd", str(fd)])
+    except OSError as exc:
+        # Not fatal: this process has everything it needs, at the cost of more memory.
+        print(f"amsd: warning: could not re-execute without the config loader ({exc.strerror})", file=sys.stderr)
 
 
 def publisher_settings(config: AmsdConfig) -> PublisherSettings:

@@ -2,7 +2,7 @@
 
 Usage: .venv/bin/python -m bench.pipeline [--meters 30] [--seconds 20] [--profile aidon-no ...]
 
-One process, as `amsd run` would be: N `MeterPipeline`s (one Decoder each), one `Publisher` (aiomqtt,
+One process, as `amsd run` would be: N `MeterPipeline`s (one Decoder each), one `Publisher` (amsd.mqtt,
 QoS 1, persistent outbox) and a Mosquitto broker started here on a free loopback port. Frames are
 pre-generated with `MeterSimulator` (different values in every frame) and handed to
 `MeterPipeline.on_data` directly, the same call the line reader makes for each chunk it reads; the

@@ -24,6 +24,8 @@ from amsd.config import (
     OutboxConfig,
     TlsConfig,
     check_config_command,
+    config_from_handover,
+    handover_bytes,
     load_config,
     validate_for_run,
 )
@@ -172,9 +174,7 @@ def test_no_meters_is_an_explicit_run_requirement(tmp_path: Path) -> None:
 
 def test_programmatic_config_ignores_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AMSD_MQTT__HOST", "from-env")
-    config = AmsdConfig(
-        meters=[MeterConfig(name="demo", port="socket://127.0.0.1:1", encryption_key=SecretBytes(KEY))]
-    )
+    config = AmsdConfig(meters=[MeterConfig(name="demo", port="socket://127.0.0.1:1", encryption_key=SecretBytes(KEY))])
     validate_for_run(config)
     assert config.mqtt.host == "localhost"
     assert config.meters[0].encryption_key is not None
@@ -289,9 +289,7 @@ def test_invalid_values_name_the_field(tmp_path: Path, text: str, where: str) ->
 
 def test_all_errors_reported_at_once(tmp_path: Path) -> None:
     message = config_error(tmp_path, "[mqtt]\nport = 0\nqos = 9\n" + METER + "parity = 'X'\n")
-    assert {"mqtt.port", "mqtt.qos", "meters[0].parity"} <= {
-        line.split(":")[0] for line in message.splitlines()
-    }
+    assert {"mqtt.port", "mqtt.qos", "meters[0].parity"} <= {line.split(":")[0] for line in message.splitlines()}
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -357,9 +355,7 @@ def test_env_bad_key_names_variable_not_value(tmp_path: Path, monkeypatch: pytes
         ("AMSD_METERS__3__NAME", "index 3"),
     ],
 )
-def test_env_typos_rejected(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, expected: str
-) -> None:
+def test_env_typos_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, expected: str) -> None:
     monkeypatch.setenv(name, "x")
     assert expected in config_error(tmp_path, METER)
 
@@ -392,9 +388,7 @@ def test_bad_key_file_names_field_not_value(tmp_path: Path) -> None:
 
 def test_value_and_file_together_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "ek").write_text(KEY_HEX)
-    message = config_error(
-        tmp_path, METER + f'encryption_key = "{KEY_HEX}"\nencryption_key_file = "{tmp_path}/ek"\n'
-    )
+    message = config_error(tmp_path, METER + f'encryption_key = "{KEY_HEX}"\nencryption_key_file = "{tmp_path}/ek"\n')
     assert "meters[0].encryption_key_file: set either" in message
     assert KEY_HEX not in message
 
@@ -473,9 +467,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def test_check_config_cli_masks_secrets(tmp_path: Path) -> None:
-    path = write(
-        tmp_path, f"[mqtt]\npassword = {toml_string(PASSWORD)}\n" + METER + f'encryption_key = "{KEY_HEX}"\n'
-    )
+    path = write(tmp_path, f"[mqtt]\npassword = {toml_string(PASSWORD)}\n" + METER + f'encryption_key = "{KEY_HEX}"\n')
     result = run_cli("check-config", "-c", str(path), env={"AMSD_METERS__0__AUTHENTICATION_KEY": AUTH_HEX})
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
@@ -503,3 +495,59 @@ def test_check_config_cli_missing_file(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "no such file" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- handover to the lean `amsd run` image ---------------------------------------------------------
+
+
+def test_handover_round_trip_keeps_every_value_and_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`amsd run` validates once, then re-executes itself without pydantic-settings (amsd/daemon.py):
+    what the second image rebuilds must equal what the first validated, secrets from files included."""
+    (tmp_path / "password").write_text(PASSWORD + "\n", encoding="utf-8")
+    (tmp_path / "ek").write_text(KEY_HEX)
+    monkeypatch.setenv("AMSD_MQTT__PORT", "1884")
+    config = load_text(
+        tmp_path,
+        f"""
+[mqtt]
+host = "broker.lan"
+username = "amsd"
+password_file = {toml_string(str(tmp_path / "password"))}
+protocol = 5
+[mqtt.tls]
+ca_file = "/etc/ssl/ca.pem"
+[accounting]
+enabled = true
+[[meters]]
+name = "house"
+port = "socket://10.1.2.3:4001"
+baudrate = "auto"
+encryption_key_file = {toml_string(str(tmp_path / "ek"))}
+authentication_key = "{AUTH_HEX}"
+profile = "kamstrup-se"
+[[meters]]
+name = "cabin"
+port = "/dev/ttyUSB1"
+""",
+    )
+    amsd_log.clear_secrets()
+    (tmp_path / "password").unlink()  # the second image must not need the files
+    (tmp_path / "ek").unlink()
+    copy = config_from_handover(handover_bytes(config))
+
+    def comparable(c: AmsdConfig) -> dict[str, object]:
+        return c.model_dump(exclude={"mqtt": {"password_file"}, "meters": {"__all__": {"encryption_key_file"}}})
+
+    assert comparable(copy) == comparable(config)
+    assert copy.mqtt.port == 1884 and copy.mqtt.password is not None
+    assert copy.mqtt.password.get_secret_value() == PASSWORD
+    assert copy.meters[0].encryption_key is not None and copy.meters[0].encryption_key.get_secret_value() == KEY
+    assert copy.meters[1].encryption_key is None
+    # The rebuilt config registers its secrets for redaction, like load_config does.
+    assert amsd_log.redact(f"x {PASSWORD} {KEY_HEX} y") == "x *** *** y"
+
+
+def test_handover_rejects_damaged_data_without_echoing_it() -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_handover(b'{"mqtt": {"password": 5, "port": "' + PASSWORD.encode() + b'"}}')
+    assert PASSWORD not in str(info.value)

@@ -390,6 +390,12 @@ async def test_status_online_retained_then_offline_on_sigterm_exit_0(
             assert await retained(broker, "amsd/status") == b"online"
             await subscriber.wait_for("amsd/m/state", count=2, timeout=WAIT)
             assert await retained(broker, "amsd/m/availability") == b"online"
+            # The daemon runs as a re-executed image of itself (same PID) that never loaded
+            # pydantic-settings, and has closed the memory file that carried its configuration.
+            assert daemon.process is not None
+            assert b"--config-fd" in Path(f"/proc/{daemon.process.pid}/cmdline").read_bytes()
+            fds = Path(f"/proc/{daemon.process.pid}/fd")
+            assert not any("amsd-config" in os.readlink(fd) for fd in fds.iterdir() if fd.exists())
             code, took = await daemon.stop(signal.SIGTERM)
         assert code == 0, daemon.output()
         assert took < STOP_LIMIT_S
