@@ -301,6 +301,7 @@ class MeterPipeline:
             body["dropped"] = publisher_stats.get("dropped", 0)
             body["live_values_skipped"] = publisher_stats.get("live_values_skipped", 0)
             body["outbox_depth"] = publisher_stats.get("outbox_depth", 0)
+            body["refused_by_broker"] = publisher_stats.get("refused_by_broker", 0)
         return body
 
     def diagnostics_message(self, publisher_stats: dict[str, Any] | None = None) -> OutMessage:

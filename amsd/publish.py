@@ -130,7 +130,7 @@ class Publisher:
         self.outboxed = 0
         self.dropped_live = 0
         self.reconnects = 0
-        self.refused = 0  # MQTT 5 only: acknowledged with a failure reason (e.g. not authorized)
+        self.refused = 0  # MQTT 5 only: acknowledged with a failure reason (e.g. not authorized), not delivered
         self.last_error: str | None = None
 
     # ------------------------------------------------------------------------------- interface
@@ -252,7 +252,6 @@ class Publisher:
                 # an unreadable certificate) must not end publishing for the daemon's lifetime either:
                 # log it and reconnect.
                 if connection is not None:
-                    self.refused += connection.refused
                     connection.abort()
                 if not isinstance(exc, MqttError):
                     log.error("publisher failed, restarting it", error=repr(exc), exc_info=True)
@@ -348,6 +347,7 @@ class Publisher:
         queue = self._queue
         outbox_cursor: int | None = None  # highest outbox id handed to the connection in this session
         outbox_inflight = 0
+        refused_seen = 0
         while True:
             self._wake.clear()
             # Retire acknowledged messages from the front; the outbox deletes only those.
@@ -360,6 +360,16 @@ class Publisher:
             if acked_ids:
                 outbox.remove(acked_ids)
                 outbox_inflight -= len(acked_ids)
+            if connection.refused != refused_seen:
+                # MQTT 5 only (a 3.1.1 broker acknowledges what its ACL drops, and says nothing).
+                log.warning(
+                    "broker refused messages; check its ACL for the topic prefix",
+                    count=connection.refused - refused_seen,
+                    topic_prefix=self.settings.topic_prefix,
+                    rate_key="mqtt-refused",
+                )
+                self.refused += connection.refused - refused_seen
+                refused_seen = connection.refused
             if connection.closed.done():
                 raise connection.closed.exception() or MqttError("connection lost")
             if listener.done():

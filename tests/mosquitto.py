@@ -22,7 +22,7 @@ def free_port() -> int:
 
 
 class Broker:
-    """`mosquitto -c <generated config>`; `users` enables password authentication."""
+    """`mosquitto -c <generated config>`; `users` enables password authentication, `acl` an ACL file."""
 
     def __init__(
         self,
@@ -31,6 +31,7 @@ class Broker:
         port: int | None = None,
         users: dict[str, str] | None = None,
         persistence: bool = False,
+        acl: str | None = None,
     ) -> None:
         if MOSQUITTO is None:
             raise RuntimeError(SKIP_REASON)
@@ -42,6 +43,7 @@ class Broker:
         # With persistence, a SIGTERM'd broker saves sessions and queued QoS 1 messages and restores them on
         # start: a subscriber with clean_session=False then misses nothing across a broker restart.
         self.persistence = persistence
+        self.acl = acl  # the text of a mosquitto ACL file
         self.process: subprocess.Popen[bytes] | None = None
         self.log = workdir / f"mosquitto-{self.port}.log"
 
@@ -64,6 +66,10 @@ class Broker:
             lines += ["allow_anonymous false", f"password_file {password_file}"]
         else:
             lines.append("allow_anonymous true")
+        if self.acl is not None:
+            acl_file = self.workdir / f"acl-{self.port}"
+            acl_file.write_text(self.acl)
+            lines.append(f"acl_file {acl_file}")
         path = self.workdir / f"mosquitto-{self.port}.conf"
         path.write_text("\n".join(lines) + "\n")
         return path

@@ -180,6 +180,24 @@ async def test_qos2_delivers_in_order(broker: Broker, subscriber: Subscriber, tm
         assert publisher.outbox.depth == 0
 
 
+async def test_mqtt5_refusal_by_the_broker_acl_is_counted_not_silent(tmp_path: Path) -> None:
+    """Under MQTT 5 a broker says when its ACL refuses a message: amsd counts and logs it."""
+    acl = "topic readwrite amsd/status\ntopic readwrite amsd/m/#\n"  # amsd/other/... is denied
+    with Broker(tmp_path / "acl-broker", acl=acl) as acl_broker:
+        async with aiomqtt.Client(acl_broker.host, acl_broker.port, identifier="acl-sub") as client:
+            await client.subscribe("amsd/m/state", qos=1)
+            async with running(_settings(acl_broker, protocol="5"), Outbox(tmp_path / "outbox.db")) as publisher:
+                await publisher.wait_connected()
+                publisher.submit(OutMessage("amsd/other/state", b"denied"))
+                publisher.submit(OutMessage("amsd/m/state", b"allowed"))
+                # Mosquitto 2.0 also drops the connection after refusing; the allowed message, in
+                # flight then, is delivered after the reconnect.
+                message = await asyncio.wait_for(anext(aiter(client.messages)), WAIT)
+                assert message.payload == b"allowed"
+                await eventually(lambda: publisher.outbox.depth == 0 and publisher.stats()["queue_depth"] == 0)
+                assert publisher.stats()["refused_by_broker"] == 1  # refused is final: not retried
+
+
 async def test_custom_prefix_and_retain_flags(broker: Broker, subscriber: Subscriber, tmp_path: Path) -> None:
     async with running(_settings(broker, topic_prefix="home/amsd"), Outbox(tmp_path / "outbox.db")) as publisher:
         await subscriber.wait_for("home/amsd/status", lambda p: p == b"online", timeout=WAIT)
