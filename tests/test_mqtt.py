@@ -339,3 +339,38 @@ async def test_refused_subscription_is_an_error() -> None:
         with pytest.raises(MqttError, match="refused the subscription"):
             await connection.subscribe("x", 1, timeout=WAIT)
         await connection.disconnect()
+
+
+class _MemoryTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def close(self) -> None:
+        self.closing = True
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunks=st.lists(st.binary(max_size=64), max_size=8), version=st.sampled_from([4, 5]))
+async def test_no_byte_sequence_from_a_broker_escapes_as_an_exception(chunks: list[bytes], version: int) -> None:
+    """Whatever a broker (or something pretending to be one) sends ends, at worst, this session."""
+    connection = Connection(ConnectOptions("fuzz", version=version))
+    transport = _MemoryTransport()
+    connection.connection_made(transport)
+    connection.on_acks = lambda ids: None
+    for chunk in [b"\x20\x02\x00\x00", *chunks]:  # a CONNACK first, as after a real connect
+        connection.data_received(chunk)  # must not raise
+        if connection.closed.done():
+            assert isinstance(connection.closed.exception(), MqttError)
+            assert transport.closing
+            break
