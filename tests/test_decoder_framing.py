@@ -361,3 +361,36 @@ def test_dsmr_clear_ident_with_encrypted_body() -> None:
     events = decode(line)
     assert errors(events) == [("cipher", NO_KEY)]
     assert errors(decode(line, Decoder(OTHER, AK))) == [("cipher", WRONG_KEY)]
+
+
+def test_cryptography_is_imported_only_when_a_frame_needs_aes() -> None:
+    """Unencrypted lines never load `cryptography` (~8 MB RSS); the first ciphered frame does."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from amsd.decoder import Decoder\n"
+        "from amsd.sim import encode\n"
+        f"decoder = Decoder({EK!r}, {AK!r})\n"
+        "decoder.feed(b'~\\xa0\\x08\\x00')\n"
+        "decoder.flush()\n"
+        "print('cryptography' in sys.modules)\n"
+        "frame = encode.glo_cipher(bytes.fromhex('0f0000000100020209060100010700ff1105'), system_title=b'ABC00001',"
+        f" invocation_counter=1, encryption_key={EK!r}, authentication_key={AK!r})\n"
+        "print(type(decoder.feed(frame)[0]).__name__, 'cryptography' in sys.modules)\n"
+    )
+    # (the encoder imports it too, only in glo_cipher: the first line covers importing amsd.sim.encode)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.split() == ["False", "Reading", "True"]
+
+
+def test_flag_inclusive_x25_constants() -> None:
+    """The HDLC fast path checks HCS and FCS over the frame with its flags (amsd.decoder.crc)."""
+    from binascii import crc_hqx
+
+    from amsd.decoder.crc import X25_BEFORE_FLAG, X25_GOOD, X25_GOOD_THEN_FLAG
+
+    assert crc_hqx(b"\x7e", X25_BEFORE_FLAG) == 0xFFFF
+    assert crc_hqx(b"\x7e", X25_GOOD) == X25_GOOD_THEN_FLAG
+

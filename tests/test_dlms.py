@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import struct
 from datetime import datetime
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from amsd.decoder.dlms import DlmsInterpreter, _apply, _scaling_op
+from amsd.decoder.axdr import cosem_datetime
+from amsd.decoder.dlms import DlmsInterpreter, _apply, _iso, _scaling_op
 from amsd.decoder.events import Reading, UndecodedFrame, Value
 from amsd.decoder.profiles import LG_E450, PROFILE_NAMES, infer_swiss_scales
 from tests.test_axdr import (
@@ -637,3 +639,25 @@ def test_swiss_scale_inference_runs_on_the_template_path(numbers: list[tuple[int
             assert isinstance(number, int | float)
             assert fast.values[key].unit == unit and math.isclose(number, raw * scale, rel_tol=1e-9)
     assert warm._templates
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.tuples(
+        st.one_of(st.integers(1, 9999), st.sampled_from([0, 0xFFFF]), _U16),
+        st.integers(0, 13),
+        st.integers(0, 32),
+        st.sampled_from([0, 1, 9, 23, 24, 0xFF]) | st.integers(0, 255),
+        st.sampled_from([0, 59, 60, 0xFF]) | st.integers(0, 255),
+        st.sampled_from([0, 59, 60, 0xFF]) | st.integers(0, 255),
+        st.sampled_from([0, 1, 50, 99, 100, 0xFF]),
+        st.sampled_from([-0x8000, 0, -60, -120, 60, 840, -840, 841]) | st.integers(-(2**15), 2**15 - 1),
+    ),
+    st.booleans(),
+)
+def test_stamp_text_is_isoformat(fields: tuple[int, ...], naive: bool) -> None:
+    year, month, day, hour, minute, second, hundredths, deviation = fields
+    raw = struct.pack(">HBBBBBBBhB", year, month, day, 0xFF, hour, minute, second, hundredths, deviation, 0)
+    stamp = cosem_datetime(raw, naive=naive)
+    if stamp is not None:
+        assert _iso(stamp, raw) == stamp.isoformat()

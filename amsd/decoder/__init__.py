@@ -9,11 +9,12 @@ reads a clock, opens a socket or logs.
 from __future__ import annotations
 
 import re
+from binascii import crc_hqx
 from collections import Counter
 from typing import Final
 
 from amsd.decoder import cipher, dsmr, gbt, hdlc, mbus, stream
-from amsd.decoder.crc import x25_ok
+from amsd.decoder.crc import REVERSE_BITS, X25_BEFORE_FLAG, X25_GOOD, X25_GOOD_THEN_FLAG, x25_ok
 from amsd.decoder.dlms import DlmsInterpreter
 from amsd.decoder.events import (
     NO_KEY,
@@ -149,6 +150,16 @@ class Decoder:
                     continue
                 if not following and not final:
                     break
+            if buf[start] == FLAG:
+                # Intact HDLC frames, back to back: the common case on an HDLC line, decoded by
+                # one flat loop. Anything else (incomplete, damaged, not a frame) is left to the
+                # general path below, which then sees the same bytes.
+                after = self._hdlc_frames(events, buf, start, size, final)
+                if after != start:
+                    pos = after
+                    if after + 1 == size and not final and buf[after] == FLAG:
+                        break  # only a flag so far (closing or opening): wait for what follows it
+                    continue
             if buf[start] not in STRONG_START_BYTES and (start < self._reported_until or self._framed):
                 # Inside a frame that failed its check, or on a line that carries checked frames: only
                 # a frame with its own integrity check may start here, never a bare APDU (which could
@@ -237,13 +248,56 @@ class Decoder:
             self._reported_until = max(0, self._reported_until - pos)
             self._last_frame_end -= pos
 
+    def _hdlc_frames(self, events: list[Event], buf: bytearray, pos: int, size: int, final: bool) -> int:
+        """Decode complete, intact HDLC frames back to back from the flag at `buf[pos]`.
+
+        Returns the offset after the last frame decoded, `pos` if there was none. Same checks and
+        results as the general path (hdlc.parse_header, probe, _on_hdlc), without its per-frame
+        overhead: one header regex, HCS and FCS one C call each over one bit-reversed copy, no
+        header object. A frame that fails any check is left where it is for the general path.
+        """
+        header_match = hdlc.HEADER.match
+        reverse_bits = REVERSE_BITS
+        counters = self.counters
+        while True:
+            match = header_match(buf, pos)
+            if match is None:
+                return pos
+            length = ((buf[pos + 1] & 0x07) << 8) | buf[pos + 2]
+            end = pos + length + 1
+            # (wait for the closing flag too, as the general path does, so that raw includes it)
+            if end >= size and not (final and end == size):
+                return pos
+            header_size = match.end() + 1 - pos  # format through HCS
+            if length < hdlc.MIN_LENGTH or header_size > length:
+                return pos
+            closed = end < size and buf[end] == FLAG
+            raw = bytes(buf[pos : end + 1]) if closed else bytes(buf[pos:end])
+            # HCS and FCS over the frame's wire bytes, flags included: starting from X25_BEFORE_FLAG
+            # the opening flag brings the CRC register to its usual initial value, and a closing flag
+            # after a correct FCS leaves it at X25_GOOD_THEN_FLAG (one slice less per frame).
+            reversed_raw = raw.translate(reverse_bits)
+            if crc_hqx(reversed_raw[: header_size + 1], X25_BEFORE_FLAG) != X25_GOOD or crc_hqx(
+                reversed_raw, X25_BEFORE_FLAG
+            ) != (X25_GOOD_THEN_FLAG if closed else X25_GOOD):
+                return pos
+            if self._noise:
+                self._flush_noise(events)
+            counters["frames"] += 1
+            self._last_frame_end = end
+            self._framed = True
+            self._on_hdlc_information(events, raw[header_size + 1 : length - 1], raw, buf[pos + 1] & hdlc.SEGMENTED_BIT)
+            # The closing flag, then the next frame's opening flag: skip the closing one.
+            pos = end + 1 if buf[end : end + 2] == b"\x7e\x7e" else end
+
     def _weak_gives_way(self, buf: bytearray, start: int) -> bool:
         """An incomplete bare APDU yields to a strong candidate further on, or when too long."""
         if buf[start] in STRONG_START_BYTES:
             return False
         if len(buf) - start > stream.MAX_BARE_APDU:
             return True
-        return self._strong_start_within(buf, start + 1, len(buf)) is not None
+        inner = self._strong_start_within(buf, start + 1, len(buf))
+        return inner is not None
 
     def _add_noise(self, events: list[Event], start: int, end: int) -> None:
         start = max(start, self._reported_until)
@@ -272,10 +326,15 @@ class Decoder:
         raw = frame + b"\x7e" if buf[end : end + 1] == b"\x7e" else frame
         self.counters["frames"] += 1
         info = frame[header.header_end : length - 1]  # hdlc.information (empty without one)
-        if header.segmented:
+        self._on_hdlc_information(events, info, raw, header.segmented)
+        return None
+
+    def _on_hdlc_information(self, events: list[Event], info: bytes, raw: bytes, segmented: object) -> None:
+        """An intact HDLC frame's information field (empty for supervisory frames)."""
+        if segmented:
             self._hdlc_segments.append(info)
             self._hdlc_raw.append(raw)
-            return None
+            return
         if self._hdlc_segments:
             self._hdlc_segments.append(info)
             self._hdlc_raw.append(raw)
@@ -285,7 +344,6 @@ class Decoder:
             self._hdlc_raw.clear()
         if info:  # supervisory frames carry no information: nothing to decode
             self._on_apdu(events, info, raw, "hdlc")
-        return None
 
     def _drop_segments(self, events: list[Event], layer: Layer, segments: list[bytes], raws: list[bytes]) -> None:
         """Report a segmented message that cannot be completed, and forget it."""
@@ -394,11 +452,13 @@ class Decoder:
 
     def _on_gbt_block(self, events: list[Event], apdu: bytes, raw: bytes, depth: int) -> None:
         try:
-            block = gbt.parse_block(apdu)
+            added = self._gbt.add_apdu(apdu, raw)
         except gbt.GbtError as exc:
             events.append(self._undecoded("gbt", exc.code, exc.detail, raw + self._gbt.reset()))
             return
-        complete, message_raw, discarded, reason = self._gbt.add(block, raw)
+        if added is None:
+            return  # a block taken, the message not complete yet
+        complete, message_raw, discarded, reason = added
         if discarded:
             detail = {
                 "restarted": "block sequence restarted; the unfinished message was dropped",

@@ -18,12 +18,13 @@ import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Final
-
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING, Final
 
 from amsd.decoder.ber import read_length
 from amsd.decoder.errors import LayerError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 TAG: Final = 0xDB
 TAG_LENGTH: Final = 12
@@ -104,6 +105,10 @@ def parse_header(apdu: bytes) -> GloHeader:
 def _aead(key: bytes) -> AESGCM:
     # Building the key schedule costs several us (more than decrypting a whole frame), so it is done
     # once per key. Bounded: a decoder has one key; tests and tools may try a few.
+    # Imported on first use: unencrypted lines (all of NO/SE, DSMR in NL) never need AES, and
+    # `cryptography` maps its own OpenSSL (~8 MB of RSS).
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     return AESGCM(key)
 
 

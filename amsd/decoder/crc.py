@@ -6,11 +6,11 @@ import binascii
 from typing import Final
 
 # Bit-reversal of every byte value, for bytes.translate().
-_REVERSE_BITS = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
+REVERSE_BITS: Final = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
 
 
 def _reverse16(value: int) -> int:
-    return (_REVERSE_BITS[value & 0xFF] << 8) | _REVERSE_BITS[value >> 8]
+    return (REVERSE_BITS[value & 0xFF] << 8) | REVERSE_BITS[value >> 8]
 
 
 def crc16_x25(data: bytes | bytearray | memoryview) -> int:
@@ -19,18 +19,23 @@ def crc16_x25(data: bytes | bytearray | memoryview) -> int:
     binascii.crc_hqx is the non-reflected CRC-CCITT; feeding it bit-reversed bytes and reversing the
     result gives the reflected variant at C speed.
     """
-    crc = binascii.crc_hqx(bytes(data).translate(_REVERSE_BITS), 0xFFFF)
-    return ((_REVERSE_BITS[crc & 0xFF] << 8) | _REVERSE_BITS[crc >> 8]) ^ 0xFFFF  # _reverse16 inlined
+    crc = binascii.crc_hqx(bytes(data).translate(REVERSE_BITS), 0xFFFF)
+    return ((REVERSE_BITS[crc & 0xFF] << 8) | REVERSE_BITS[crc >> 8]) ^ 0xFFFF  # _reverse16 inlined
 
 
 # The X.25 CRC of a message followed by its own CRC (least significant byte first) is a constant: in
 # the bit-reversed domain used above, 0x1D0F (the reflected "good FCS" 0xF0B8, reversed).
-_X25_GOOD: Final = 0x1D0F
+X25_GOOD: Final = 0x1D0F
+# The same check over an HDLC frame with its flags (0x7E, its own bit reversal): the register value
+# that the opening flag turns into the initial 0xFFFF, and the value a closing flag after a good FCS
+# leaves. (One byte's step is a bijection of the register, so these checks are exactly the plain one.)
+X25_BEFORE_FLAG: Final = 0x600C
+X25_GOOD_THEN_FLAG: Final = 0x53C5
 
 
 def x25_ok(data: bytes | bytearray) -> bool:
     """True if `data` ends with its correct CRC-16/X.25 (HDLC HCS or FCS check in one C call)."""
-    return binascii.crc_hqx(data.translate(_REVERSE_BITS), 0xFFFF) == _X25_GOOD
+    return binascii.crc_hqx(data.translate(REVERSE_BITS), 0xFFFF) == X25_GOOD
 
 
 # CRC-16/ARC (DSMR P1): reflected poly 0x8005 (0xA001 reflected), init 0, no xorout. binascii has no
@@ -68,7 +73,7 @@ def _fold_plan(length: int) -> tuple[tuple[int, int], ...]:
 
 def crc16_arc(data: bytes | bytearray | memoryview) -> int:
     """CRC-16/ARC (a.k.a. CRC-16/IBM, the DSMR P1 telegram CRC): reflected 0xA001, init 0."""
-    poly = int.from_bytes(bytes(data).translate(_REVERSE_BITS), "big") << 16
+    poly = int.from_bytes(bytes(data).translate(REVERSE_BITS), "big") << 16
     parity = poly.bit_count() & 1
     length = poly.bit_length()
     plan = _fold_plans.get(length)

@@ -44,12 +44,13 @@ from amsd.decoder.axdr import (
     float32,
 )
 from amsd.decoder.events import Reading, Scalar, UndecodedFrame, Value, ValueData
-from amsd.decoder.obis import UNITS, is_clock, obis_bytes, obis_str, quantity
+from amsd.decoder.obis import UNITS, Quantity, is_clock, obis_bytes, obis_str, quantity
 from amsd.decoder.profiles import (
     ISKRA_FAMILY,
     KAIFA_FAMILY,
     KAMSTRUP_FAMILY,
     MANUFACTURERS,
+    MAX_PLAUSIBLE_VOLTS,
     SWISS_FAMILY,
     Table,
     family_from_flag,
@@ -371,6 +372,7 @@ class _Template:
         "inference_roles",
         "meta",
         "naive_header",
+        "no_evidence_scalings",
         "number_codes",
         "number_keys",
         "numbers",
@@ -382,6 +384,7 @@ class _Template:
         "stamps",
         "system_title",
         "unpack",
+        "volt_scale",
     )
 
     def __init__(
@@ -423,6 +426,10 @@ class _Template:
         self.system_title = system_title
         self.inference = inference
         # (slot, role, index) of every inference input, as `_infer_scales` would classify it.
+        # Frames without power or current cannot decide the current scale: for them the inference only
+        # checks the voltages (see `infer_swiss_scales`), so their scaling is kept per outcome of that.
+        self.no_evidence_scalings: dict[bool, _Scaling] = {}
+        self.volt_scale = 10.0 ** inference[0].get(Quantity.VOLTAGE, ("V", 0))[1] if inference else 1.0
         self.inference_roles = tuple(
             (slot, *_inference_role(code[2])) for code, slot in (inference[1] if inference else ())
         )
@@ -585,6 +592,13 @@ class _Template:
                 currents[index] = value
             else:
                 power += index * value  # index: +1 import, -1 export
+        no_evidence = not power or not any(currents)
+        if no_evidence:
+            # (the voltage check of `infer_swiss_scales`, the same float expression)
+            high_voltage = max(voltages) * self.volt_scale > MAX_PLAUSIBLE_VOLTS
+            known = self.no_evidence_scalings.get(high_voltage)
+            if known is not None:
+                return known
         table, evidence = infer_swiss_scales(self.inference[0], voltages, currents, power)
         # `_scale(code, None, table)` depends on the table only through the code's quantity.
         chosen = tuple(map(table.get, self.quantities))
@@ -604,6 +618,8 @@ class _Template:
                 self.scalings[chosen] = scaling
         if evidence:
             self.scaling, self.inference = scaling, None
+        elif no_evidence:
+            self.no_evidence_scalings[high_voltage] = scaling
         return scaling
 
 
@@ -776,7 +792,37 @@ def _scale(code: bytes, scaler_unit: object, table: Table | None) -> tuple[str |
 
 
 def _stamp_value(stamp: datetime | None, raw: bytes) -> Value:
-    return _new_value((stamp.isoformat() if stamp is not None else raw.hex().upper(), None))
+    return _new_value((_iso(stamp, raw) if stamp is not None else raw.hex().upper(), None))
+
+
+# `datetime.isoformat` formats through printf (~3 us); a reading has one or two stamps. The same
+# text from cached pieces: the date changes once a day, the offset twice a year.
+_CLOCK_PARTS: Final = tuple(f"{i:02d}:" for i in range(60))
+_SECONDS: Final = tuple(f"{i:02d}" for i in range(60))
+_DATE_TEXT: dict[bytes, str] = {}  # COSEM year, month, day bytes -> "YYYY-MM-DDT"
+_OFFSET_TEXT: dict[object, str] = {}  # tzinfo -> "+HH:MM"
+_MAX_CACHED: Final = 64
+
+
+def _iso(stamp: datetime, raw: bytes) -> str:
+    """`stamp.isoformat()` for the datetime `cosem_datetime` made from the 12 bytes `raw`."""
+    date_text = _DATE_TEXT.get(raw[:4])
+    if date_text is None:
+        if len(_DATE_TEXT) >= _MAX_CACHED:
+            _DATE_TEXT.clear()
+        date_text = _DATE_TEXT[raw[:4]] = f"{stamp.year:04d}-{stamp.month:02d}-{stamp.day:02d}T"
+    text = date_text + _CLOCK_PARTS[stamp.hour] + _CLOCK_PARTS[stamp.minute] + _SECONDS[stamp.second]
+    if stamp.microsecond:
+        text += f".{stamp.microsecond:06d}"
+    tz = stamp.tzinfo
+    if tz is not None:
+        offset = _OFFSET_TEXT.get(tz)
+        if offset is None:
+            if len(_OFFSET_TEXT) >= _MAX_CACHED:
+                _OFFSET_TEXT.clear()
+            offset = _OFFSET_TEXT[tz] = stamp.replace(microsecond=0).isoformat()[19:]
+        text += offset
+    return text
 
 
 def _apply(raw: int | float, exponent: int) -> int | float:

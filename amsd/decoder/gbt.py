@@ -66,6 +66,25 @@ class GbtAssembler:
         self._size = 0
         return raw
 
+    def add_apdu(self, apdu: bytes, raw: bytes) -> tuple[bytes | None, bytes, bytes, str | None] | None:
+        """`add(parse_block(apdu), raw)`, with None for its most common result (the block was taken,
+        nothing is complete and nothing was dropped). Raises GbtError as `parse_block` does.
+
+        The next block in sequence with a short length is taken here directly: one call per frame
+        of a GBT push instead of two and a tuple."""
+        size = apdu[6] if len(apdu) > 7 else 0x80
+        if size < 0x80 and ((apdu[2] << 8) | apdu[3]) == self._next and apdu[0] == TAG:
+            end = 7 + size
+            if end <= len(apdu) and self._size + size <= MAX_MESSAGE:
+                self._parts.append(apdu[7:end])
+                self._raw.append(raw)
+                self._size += size
+                self._next += 1
+                if not apdu[1] & LAST_BLOCK_BIT:
+                    return None
+                return b"".join(self._parts), self.reset(), b"", None
+        return self.add(parse_block(apdu), raw)
+
     def add(self, block: GbtBlock, raw: bytes) -> tuple[bytes | None, bytes, bytes, str | None]:
         """Add one block.
 

@@ -24,7 +24,7 @@ MIN_LENGTH: Final = 7
 # Anything this does not match goes through the byte-wise check.
 _EVEN: Final = b"[" + b"".join(re.escape(bytes((value,))) for value in range(0, 256, 2)) + b"]"
 _ODD: Final = b"[" + b"".join(re.escape(bytes((value,))) for value in range(1, 256, 2)) + b"]"
-_HEADER: Final = re.compile(rb"\x7e[\xa0-\xaf].(?:%s{0,3}%s){2}." % (_EVEN, _ODD), re.DOTALL)
+HEADER: Final = re.compile(rb"\x7e[\xa0-\xaf].(?:%s{0,3}%s){2}." % (_EVEN, _ODD), re.DOTALL)
 
 
 @dataclass(slots=True)
@@ -41,7 +41,7 @@ def parse_header(buf: bytes | bytearray, start: int) -> HdlcHeader | bool | None
     Returns the header when format and HCS are valid, None when more bytes are needed, and False when
     this is not a frame start. Runs once per frame and at every candidate flag, so it is kept flat.
     """
-    match = _HEADER.match(buf, start)
+    match = HEADER.match(buf, start)
     hcs_at = match.end() if match is not None else _hcs_offset_bytewise(buf, start)
     if hcs_at is None or hcs_at is False:
         return hcs_at

@@ -26,8 +26,6 @@ from datetime import time as time_type
 from enum import IntEnum
 from typing import Final, Literal, TypeAlias
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
 from amsd.decoder.crc import crc16_arc, crc16_x25
 
 __all__ = [
@@ -518,6 +516,9 @@ def glo_cipher(
         raise ValueError("security control must set authentication (0x10) and/or encryption (0x20)")
     if authenticated and (authentication_key is None or len(authentication_key) != 16):
         raise ValueError("authentication needs a 16-byte authentication key")
+    # Imported here: only encrypting profiles need AES, and `cryptography` costs ~8 MB of RSS.
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
     counter = invocation_counter.to_bytes(4, "big")
     iv = system_title + counter
     sc = bytes((security_control,))
