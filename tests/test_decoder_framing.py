@@ -394,3 +394,91 @@ def test_flag_inclusive_x25_constants() -> None:
     assert crc_hqx(b"\x7e", X25_BEFORE_FLAG) == 0xFFFF
     assert crc_hqx(b"\x7e", X25_GOOD) == X25_GOOD_THEN_FLAG
 
+
+# --- ciphertext that looks like a frame ------------------------------------------------------------
+# A bare general-glo-ciphering APDU (Luxembourg/Austrian P1 style: no framing around it) carries
+# ciphertext, and ciphertext is random bytes: now and then it contains `/ABC...\n`, `68 L L 68` or an
+# HDLC header that checks out. Such a frame must still decode, whole or in small chunks.
+_INNER_EK = bytes(range(16))
+_INNER_AK = bytes(range(16, 32))
+_INNER_TITLE = b"AMS\x00\x01\x02\x03\x04"
+_INNER_FRAMES = {
+    "dsmr-ident": b"/ABC5\\Test ident\r\n",
+    "mbus-header": b"\x68\x40\x40\x68\x53\xff",
+    "hdlc-header": enc.hdlc_frame(b"\x0f" * 30)[:12],
+}
+
+
+def _notification(payload: bytes, counter: int) -> bytes:
+    """Aidon-style list: power with its scaler and unit, and `payload` as an octet-string id."""
+    return enc.data_notification(
+        enc.array(
+            enc.structure(
+                enc.octet_string(enc.obis_code("1-0:1.7.0.255")),
+                enc.uint32(counter),
+                enc.structure(enc.int8(0), enc.enum(27)),
+            ),
+            enc.structure(enc.octet_string(enc.obis_code("0-0:96.1.0.255")), enc.octet_string(payload)),
+        )
+    )
+
+
+def _ciphered_hiding(inner: bytes, counter: int, security_control: int) -> bytes:
+    """A ciphered notification whose ciphertext contains `inner`, made by choosing plaintext bytes
+    (an octet-string value) that encrypt to it: ciphertext = plaintext XOR keystream."""
+    marker = bytes(range(200, 200 + len(inner)))
+    apdu = _notification(marker, counter)
+    offset = apdu.index(marker)
+
+    def cipher_body(plaintext: bytes) -> bytes:
+        frame = enc.glo_cipher(
+            plaintext,
+            system_title=_INNER_TITLE,
+            invocation_counter=counter,
+            encryption_key=_INNER_EK,
+            authentication_key=_INNER_AK,
+            security_control=security_control,
+        )
+        return frame[len(frame) - len(plaintext) - (12 if security_control & 0x10 else 0) :][: len(plaintext)]
+
+    keystream = cipher_body(bytes(len(apdu)))
+    hidden = bytes(a ^ b for a, b in zip(inner, keystream[offset : offset + len(inner)], strict=True))
+    frame = enc.glo_cipher(
+        apdu[:offset] + hidden + apdu[offset + len(inner) :],
+        system_title=_INNER_TITLE,
+        invocation_counter=counter,
+        encryption_key=_INNER_EK,
+        authentication_key=_INNER_AK,
+        security_control=security_control,
+    )
+    assert inner in frame
+    return frame
+
+
+@pytest.mark.parametrize("security_control", [0x30, 0x20], ids=["gcm-tag", "encryption-only"])
+@pytest.mark.parametrize("chunk", [0, 1, 17, 256], ids=["whole", "bytewise", "17", "256"])
+@pytest.mark.parametrize("inner", list(_INNER_FRAMES), ids=list(_INNER_FRAMES))
+def test_ciphertext_that_looks_like_a_frame_still_decodes(inner: str, chunk: int, security_control: int) -> None:
+    counters = list(range(100, 106))
+    frames = [
+        _ciphered_hiding(_INNER_FRAMES[inner], counter, security_control)
+        if counter % 2
+        else enc.glo_cipher(
+            _notification(b"plain", counter),
+            system_title=_INNER_TITLE,
+            invocation_counter=counter,
+            encryption_key=_INNER_EK,
+            authentication_key=_INNER_AK,
+            security_control=security_control,
+        )
+        for counter in counters
+    ]
+    decoder = Decoder(_INNER_EK, _INNER_AK)
+    stream_bytes = b"".join(frames)
+    events = []
+    step = chunk or len(stream_bytes)
+    for at in range(0, len(stream_bytes), step):
+        events += decoder.feed(stream_bytes[at : at + step])
+    events += decoder.flush()
+    assert [type(e).__name__ for e in events] == ["Reading"] * len(frames), events
+    assert [e.invocation_counter for e in events] == counters

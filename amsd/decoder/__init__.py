@@ -48,6 +48,9 @@ MAX_NOISE_REPORT: Final = 1024
 MAX_NESTING: Final = 4
 STRONG_START_BYTES: Final = frozenset((hdlc.FLAG, mbus.START, 0x2F))
 PLAUSIBILITY_FULL_SCAN: Final = 96
+# A ciphered bare APDU up to this size waits to be complete even when its ciphertext seems to hold a
+# frame start (it may, by chance): its key then decides. Larger ones give way at once, as before.
+MAX_CIPHERED_WAIT: Final = 4096
 # 0F, invoke-id(4), date-time (none / 09 0C + 12 / 0C + 12 / typed 19 + 12), then an array or a
 # structure (BER count) whose first element has a known A-XDR tag.
 _NOTIFICATION_START: Final = re.compile(
@@ -291,13 +294,33 @@ class Decoder:
             pos = end + 1 if buf[end : end + 2] == b"\x7e\x7e" else end
 
     def _weak_gives_way(self, buf: bytearray, start: int) -> bool:
-        """An incomplete bare APDU yields to a strong candidate further on, or when too long."""
+        """An incomplete bare APDU yields to a strong candidate further on, or when too long.
+
+        Except a ciphered APDU of ordinary size while we hold a key: its ciphertext may contain
+        anything, a frame start included, so it is decided once complete (`_on_bare_apdu`)."""
         if buf[start] in STRONG_START_BYTES:
             return False
         if len(buf) - start > stream.MAX_BARE_APDU:
             return True
         inner = self._strong_start_within(buf, start + 1, len(buf))
-        return inner is not None
+        if inner is None:
+            return False
+        if buf[start] == cipher.TAG and self._encryption_key is not None:
+            extent = stream.bare_apdu_extent(buf, start)
+            return not (isinstance(extent, int) and extent is not True and extent - start <= MAX_CIPHERED_WAIT)
+        return True
+
+    def _decrypts(self, apdu: bytes) -> bool:
+        """Does this ciphered APDU decrypt with our key (its tag verified, or without a tag its
+        plaintext plausible)? No side effects: `_on_apdu` decrypts it again to decode it."""
+        if apdu[:1] != b"\xdb" or self._encryption_key is None:
+            return False
+        try:
+            header = cipher.parse_header(apdu)
+            cipher.decrypt(apdu, header, self._encryption_key, self._authentication_key, _plausible_plaintext)
+        except cipher.CipherError:
+            return False
+        return True
 
     def _add_noise(self, events: list[Event], start: int, end: int) -> None:
         start = max(start, self._reported_until)
@@ -393,9 +416,10 @@ class Decoder:
         self._emit(events, event)
 
     def _on_bare_apdu(self, events: list[Event], frame: bytes, buf: bytearray, start: int, end: int) -> bool:
-        # A strong frame hidden inside means this "APDU" was line noise that happened to parse.
+        # A strong frame hidden inside means this "APDU" was line noise that happened to parse, unless
+        # it decrypts with our key: then what looks like a frame inside is ciphertext.
         inner = self._strong_start_within(buf, start + 1, end)
-        if inner is not None:
+        if inner is not None and not self._decrypts(frame):
             self._add_noise(events, start, inner)
             return False
         self.counters["frames"] += 1
