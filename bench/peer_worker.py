@@ -284,13 +284,19 @@ def prepare_dsmr_parser(case: dict[str, Any]) -> Prepared:
     if case.get("dsmr_inside"):
         # Austrian Sagemcom T210-D-R style: the P1 telegram inside general-glo-ciphering (EK + AK,
         # tag verified by dlms-cosem inside dsmr-parser). dsmr-parser takes the frame as hex text.
-        spec = telegram_specifications.SAGEMCOM_T210_D_R
+        # A stream of DSMR 5 telegrams takes its DSMR 5 objects with the same ciphering path.
+        gcm_stream = _stream(case)
+        spec = (
+            {**telegram_specifications.V5, "general_global_cipher": True}
+            if gcm_stream is not None
+            else telegram_specifications.SAGEMCOM_T210_D_R
+        )
         parser = TelegramParser(spec, apply_checksum_validation=True)
         frame_hex = case["input_hex"]
         ek, ak = case["key_hex"], case["auth_key_hex"]
 
         def run_gcm() -> int:
-            return 1 if parser.parse(frame_hex, ek, ak) else 0
+            return 1 if parser.parse(next(gcm_stream) if gcm_stream else frame_hex, ek, ak) else 0
 
         return run_gcm, None, lambda: parser.parse(frame_hex, ek, ak)
     parser = TelegramParser(telegram_specifications.V5, apply_checksum_validation=True)

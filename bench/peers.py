@@ -18,6 +18,9 @@ encrypted with amsd's own encoder (`amsd.sim.encode.glo_cipher`, AES-128-GCM, EK
 under random keys made at run time. A last row decodes a stream of 64 different DSMR 5 telegrams
 from amsd's simulator (values and clock change as on a live line), each contender taking the next
 telegram on every run: amsd's parsed-line cache then helps exactly as much as it does on a real line.
+Another stream row wraps each of those telegrams in general-glo-ciphering (rising invocation counter,
+random keys), as an encrypted P1 line sends them; dsmr-parser takes them with its DSMR 5 objects and
+its general-glo-ciphering path.
 
 Every contender's decode must produce the expected values: the worker returns what it decoded and
 this script checks that distinctive expected values (strings, numbers >= 10) are among them, so no
@@ -59,6 +62,7 @@ GCM_DSMR_LABEL = "DSMR in GCM (built)"
 GCM_DSMR_SOURCE = "at-sagemcom-t210d-r-p1"
 # Like a live line: different telegrams one after the other (built by amsd's simulator, not corpus).
 DSMR_STREAM_LABEL = "DSMR 5 stream (simulated)"
+GCM_DSMR_STREAM_LABEL = "DSMR 5 in GCM stream (simulated)"
 # DSMR rows are timed twice for amsd: with its parsed-line cache warm (the same telegram repeated)
 # and cleared before every run (no line seen before). The verdict uses the slower of the two.
 AMSD_CONTENDERS = ("amsd", "amsd-cold")
@@ -121,6 +125,36 @@ def build_gcm_dsmr(root: Path) -> dict[str, Any]:
         "auth_key_hex": ak.hex(),
         "input_hex": frame.hex(),
         "expected": source["expected"],
+    }
+
+
+def build_gcm_dsmr_stream(count: int) -> dict[str, Any]:
+    """`count` different simulated DSMR 5 telegrams, each in general-glo-ciphering (EK + AK, rising
+    invocation counter) under fresh random keys: a live encrypted P1 line (Luxembourg, Austria)."""
+    from amsd.sim.encode import glo_cipher
+
+    plain = build_dsmr_stream(count)
+    ek, ak, title = os.urandom(16), os.urandom(16), b"SIM" + os.urandom(5)
+    frames = [
+        glo_cipher(
+            bytes.fromhex(telegram),
+            system_title=title,
+            invocation_counter=0x1000 + index,
+            encryption_key=ek,
+            authentication_key=ak,
+            security_control=0x30,
+        ).hex()
+        for index, telegram in enumerate(plain["stream_hex"])
+    ]
+    return {
+        **plain,
+        "id": f"{count} simulated dsmr5 telegrams in GCM",
+        "dsmr_inside": True,
+        "encrypted": True,
+        "key_hex": ek.hex(),
+        "auth_key_hex": ak.hex(),
+        "input_hex": frames[0],
+        "stream_hex": frames,
     }
 
 
@@ -240,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         cases.append((label, {**load_case(root, case_id), **extra}))
     cases.append((GCM_DSMR_LABEL, build_gcm_dsmr(root)))
     cases.append((DSMR_STREAM_LABEL, build_dsmr_stream(64)))
+    cases.append((GCM_DSMR_STREAM_LABEL, build_gcm_dsmr_stream(64)))
 
     workers: dict[str, Worker] = {name: Worker(name, sys.executable) for name in AMSD_CONTENDERS}
     if not args.amsd_only:
