@@ -34,8 +34,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     try:
         if args.config_fd is not None:
-            with os.fdopen(args.config_fd, "rb") as handover:
-                config = config_from_handover(handover.read())
+            config = config_from_handover(_read_handover(args.config_fd))
         else:
             config = load_config(args.config)
         validate_for_run(config)
@@ -51,6 +50,23 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
 
 
+HANDOVER_NAME = "amsd-config"
+
+
+def _read_handover(fd: int) -> bytes:
+    """The configuration from the memory file `_exec_lean` made; any other descriptor is refused."""
+    from amsd.config import ConfigError
+
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        target = ""
+    if not target.startswith(f"/memfd:{HANDOVER_NAME}"):
+        raise ConfigError("--config-fd is internal to amsd run (it takes only the memory file amsd made)")
+    with os.fdopen(fd, "rb") as handover:
+        return handover.read()
+
+
 def _exec_lean(config: AmsdConfig) -> None:
     """Continue `amsd run` in a fresh process image that never imports pydantic-settings.
 
@@ -58,13 +74,15 @@ def _exec_lean(config: AmsdConfig) -> None:
     is needed once, but its memory would stay for the daemon's lifetime. The validated configuration
     goes into an anonymous memory file (it holds the keys: never a named file), and the same command
     line is executed again with `--config-fd`: same PID (systemd's main process, sd_notify), same
-    interpreter and arguments. `AMSD_NO_REEXEC=1` turns this off (profilers, debuggers)."""
+    interpreter and arguments. The new image takes the configuration as validated (no pydantic
+    validators are ever built there), and accepts only such a memory file. `AMSD_NO_REEXEC=1` turns
+    this off (profilers, debuggers)."""
     from amsd.config import handover_bytes
 
     if os.environ.get("AMSD_NO_REEXEC") == "1" or not hasattr(os, "memfd_create"):
         return
     try:
-        fd = os.memfd_create("amsd-config", 0)
+        fd = os.memfd_create(HANDOVER_NAME, 0)
         os.write(fd, handover_bytes(config))
         os.lseek(fd, 0, os.SEEK_SET)
         os.set_inheritable(fd, True)

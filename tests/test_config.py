@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -548,6 +549,24 @@ port = "/dev/ttyUSB1"
 
 
 def test_handover_rejects_damaged_data_without_echoing_it() -> None:
-    with pytest.raises(ConfigError) as info:
-        config_from_handover(b'{"mqtt": {"password": 5, "port": "' + PASSWORD.encode() + b'"}}')
-    assert PASSWORD not in str(info.value)
+    for damaged in (b"\x80\x05" + PASSWORD.encode(), b"", pickle.dumps({"mqtt": {"password": PASSWORD}})):
+        with pytest.raises(ConfigError) as info:
+            config_from_handover(damaged)
+        assert PASSWORD not in str(info.value)
+
+
+def test_config_fd_takes_only_amsd_own_memory_file(tmp_path: Path) -> None:
+    """`--config-fd` is internal: a file a user passes is refused before anything is unpickled."""
+    bait = tmp_path / "bait"
+    bait.write_bytes(b"\x80\x05not a configuration")
+    with bait.open("rb") as handle:
+        result = subprocess.run(
+            [sys.executable, "-m", "amsd", "run", "--config-fd", str(handle.fileno())],
+            pass_fds=(handle.fileno(),),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=REPO,
+        )
+    assert result.returncode == 2
+    assert "--config-fd is internal" in result.stderr
