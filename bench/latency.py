@@ -45,10 +45,11 @@ class Line:
         self.connected.set()
 
 
-def write_config(workdir: Path, broker: Broker, line_port: int, meters: int = 1) -> Path:
+def write_config(workdir: Path, broker: Broker, line_port: int, meters: int = 1, keys: str = "") -> Path:
+    """`keys`: extra meter lines (`encryption_key = ...`) for an encrypted line."""
     meter_tables = "".join(
         f'[[meters]]\nname = "bench{"" if index == 0 else index}"\nport = "socket://127.0.0.1:{line_port}"\n'
-        f"baudrate = 2400\n\n"
+        f"baudrate = 2400\n{keys}\n"
         for index in range(meters)
     )
     path = workdir / "amsd.toml"
@@ -62,12 +63,12 @@ def write_config(workdir: Path, broker: Broker, line_port: int, meters: int = 1)
 
 
 @asynccontextmanager
-async def amsd_daemon(workdir: Path, broker: Broker, line: Line) -> Any:
+async def amsd_daemon(workdir: Path, broker: Broker, line: Line, keys: str = "") -> Any:
     """Start the TCP line and `amsd run`; yield (process, server) once the daemon has connected."""
     line.connected = asyncio.Event()
     server = await asyncio.start_server(line.on_client, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    config = write_config(workdir, broker, port)
+    config = write_config(workdir, broker, port, keys=keys)
     process = subprocess.Popen(
         [sys.executable, "-m", "amsd", "run", "-c", str(config)],
         cwd=REPO,
@@ -87,10 +88,10 @@ async def amsd_daemon(workdir: Path, broker: Broker, line: Line) -> Any:
         server.close()
 
 
-def pregenerate(profile: str, frames: int) -> list[bytes]:
+def pregenerate(profile: str, frames: int, encrypt: bool = False) -> list[bytes]:
     from amsd.sim.meters import MeterSimulator
 
-    simulator = MeterSimulator(profile, seed=7, encrypt=False)
+    simulator = MeterSimulator(profile, seed=7, encrypt=encrypt)  # encrypted: the simulator's demo keys
     return [simulator.next_frame().data for _ in range(frames)]
 
 

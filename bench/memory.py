@@ -1,6 +1,6 @@
 """Resident memory of `amsd run` with one meter after ~30 s of frames, and `amsd --version` wall time.
 
-Usage: .venv/bin/python -m bench.memory [--seconds 30] [--rate 10]
+Usage: .venv/bin/python -m bench.memory [--seconds 30] [--rate 10] [--profile lg-e450-ch --encrypted]
 
 The daemon is a real `amsd run` subprocess (same set-up as bench/latency.py: a TCP line served here,
 Mosquitto on loopback). Frames (aidon-no, different values each) are written at `--rate` per second,
@@ -44,11 +44,20 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def measure_rss(seconds: float, rate: float, workdir: Path) -> tuple[dict[str, float], int]:
-    frames = pregenerate("aidon-no", int(seconds * rate) + 1)
+async def measure_rss(
+    seconds: float, rate: float, workdir: Path, profile: str = "aidon-no", encrypted: bool = False
+) -> tuple[dict[str, float], int]:
+    frames = pregenerate(profile, int(seconds * rate) + 1, encrypt=encrypted)
+    keys = ""
+    if encrypted:
+        from amsd.sim.meters import DEMO_AUTHENTICATION_KEY, DEMO_ENCRYPTION_KEY
+
+        keys = (
+            f'encryption_key = "{DEMO_ENCRYPTION_KEY.hex()}"\nauthentication_key = "{DEMO_AUTHENTICATION_KEY.hex()}"\n'
+        )
     line = Line()
     with Broker(workdir / "broker") as broker:
-        async with amsd_daemon(workdir, broker, line) as process:
+        async with amsd_daemon(workdir, broker, line, keys) as process:
             writer = line.writer
             assert writer is not None
             cpu_before = proc_cpu_seconds(process.pid)  # after start-up: only the steady state counts
@@ -95,12 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--rate", type=float, default=10.0, help="frames per second on the line")
     parser.add_argument("--version-runs", type=int, default=20)
+    parser.add_argument("--profile", default="aidon-no", help="simulated meter (default aidon-no)")
+    parser.add_argument(
+        "--encrypted", action="store_true", help="encrypt the frames (simulator demo keys; e.g. --profile lg-e450-ch)"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="amsd-bench-") as tmp:
-        status, frames = asyncio.run(measure_rss(args.seconds, args.rate, Path(tmp)))
+        status, frames = asyncio.run(measure_rss(args.seconds, args.rate, Path(tmp), args.profile, args.encrypted))
     rss = status.get("VmRSS", float("nan"))
+    what = f"{args.profile}{', encrypted' if args.encrypted else ''}"
     print(
-        f"amsd run, 1 meter, {frames} frames over {args.seconds:.0f} s: VmRSS {rss:.1f} MB, "
+        f"amsd run, 1 meter ({what}), {frames} frames over {args.seconds:.0f} s: VmRSS {rss:.1f} MB, "
         f"VmHWM {status.get('VmHWM', float('nan')):.1f} MB (target <= {TARGET_RSS_MB:.0f} MB: "
         f"{'OK' if rss <= TARGET_RSS_MB else 'MISSED'})"
     )
