@@ -423,6 +423,17 @@ def _notification(payload: bytes, counter: int) -> bytes:
     )
 
 
+def _inner_cipher(plaintext: bytes, counter: int, security_control: int) -> bytes:
+    return enc.glo_cipher(
+        plaintext,
+        system_title=_INNER_TITLE,
+        invocation_counter=counter,
+        encryption_key=_INNER_EK,
+        authentication_key=_INNER_AK,
+        security_control=security_control,
+    )
+
+
 def _ciphered_hiding(inner: bytes, counter: int, security_control: int) -> bytes:
     """A ciphered notification whose ciphertext contains `inner`, made by choosing plaintext bytes
     (an octet-string value) that encrypt to it: ciphertext = plaintext XOR keystream."""
@@ -430,27 +441,11 @@ def _ciphered_hiding(inner: bytes, counter: int, security_control: int) -> bytes
     apdu = _notification(marker, counter)
     offset = apdu.index(marker)
 
-    def cipher_body(plaintext: bytes) -> bytes:
-        frame = enc.glo_cipher(
-            plaintext,
-            system_title=_INNER_TITLE,
-            invocation_counter=counter,
-            encryption_key=_INNER_EK,
-            authentication_key=_INNER_AK,
-            security_control=security_control,
-        )
-        return frame[len(frame) - len(plaintext) - (12 if security_control & 0x10 else 0) :][: len(plaintext)]
-
-    keystream = cipher_body(bytes(len(apdu)))
+    zeros = _inner_cipher(bytes(len(apdu)), counter, security_control)
+    tag = 12 if security_control & 0x10 else 0
+    keystream = zeros[len(zeros) - len(apdu) - tag :][: len(apdu)]  # the ciphertext of zeros
     hidden = bytes(a ^ b for a, b in zip(inner, keystream[offset : offset + len(inner)], strict=True))
-    frame = enc.glo_cipher(
-        apdu[:offset] + hidden + apdu[offset + len(inner) :],
-        system_title=_INNER_TITLE,
-        invocation_counter=counter,
-        encryption_key=_INNER_EK,
-        authentication_key=_INNER_AK,
-        security_control=security_control,
-    )
+    frame = _inner_cipher(apdu[:offset] + hidden + apdu[offset + len(inner) :], counter, security_control)
     assert inner in frame
     return frame
 
@@ -463,14 +458,7 @@ def test_ciphertext_that_looks_like_a_frame_still_decodes(inner: str, chunk: int
     frames = [
         _ciphered_hiding(_INNER_FRAMES[inner], counter, security_control)
         if counter % 2
-        else enc.glo_cipher(
-            _notification(b"plain", counter),
-            system_title=_INNER_TITLE,
-            invocation_counter=counter,
-            encryption_key=_INNER_EK,
-            authentication_key=_INNER_AK,
-            security_control=security_control,
-        )
+        else _inner_cipher(_notification(b"plain", counter), counter, security_control)
         for counter in counters
     ]
     decoder = Decoder(_INNER_EK, _INNER_AK)
