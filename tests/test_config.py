@@ -570,3 +570,19 @@ def test_config_fd_takes_only_amsd_own_memory_file(tmp_path: Path) -> None:
         )
     assert result.returncode == 2
     assert "--config-fd is internal" in result.stderr
+
+
+def test_reexec_falls_back_when_a_sandbox_refuses_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Under a seccomp filter with SystemCallErrorNumber=EPERM the re-exec fails cleanly: amsd run goes
+    on in the first image (more memory, nothing else lost)."""
+    from amsd import daemon
+
+    def refuse(*args: object, **kwargs: object) -> int:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.delenv("AMSD_NO_REEXEC", raising=False)
+    monkeypatch.setattr(os, "memfd_create", refuse)
+    daemon._exec_lean(AmsdConfig())  # returns instead of replacing this process
+    assert "could not re-execute" in capsys.readouterr().err
