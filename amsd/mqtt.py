@@ -144,9 +144,12 @@ def encode_connect(options: ConnectOptions) -> bytes:
         if v5:
             payload.append(b"\x00")  # will properties: none
         payload += [_string(options.will_topic), _string(options.will_payload)]
-    if options.username is not None:
+    username = options.username
+    if username is None and options.password is not None and not v5:
+        username = ""  # MQTT 3.1.1 allows a password only after a user name (section 3.1.2.9)
+    if username is not None:
         flags |= 0x80
-        payload.append(_string(options.username))
+        payload.append(_string(username))
     if options.password is not None:
         flags |= 0x40
         payload.append(_string(options.password))

@@ -68,6 +68,16 @@ def test_connect_5_has_empty_property_blocks() -> None:
     assert body[11:] == _string("c") + b"\x00" + _string("t") + _string("x")  # will properties before the will
 
 
+@pytest.mark.parametrize("version", [4, 5])
+def test_password_without_user_name(version: int) -> None:
+    [(_, body)] = PacketReader().feed(encode_connect(ConnectOptions("c", password="pw", version=version)))
+    flags = body[7]
+    if version == 4:  # 3.1.1: a password only after a user name, so an empty one is sent
+        assert flags & 0xC0 == 0xC0 and body.endswith(_string("") + _string("pw"))
+    else:  # MQTT 5 allows a password alone
+        assert flags & 0xC0 == 0x40 and body.endswith(_string("c") + _string("pw"))
+
+
 def test_connect_options_repr_hides_the_password() -> None:
     assert PASSWORD not in repr(ConnectOptions("c", username="u", password=PASSWORD))
 
