@@ -77,7 +77,6 @@ class PublisherSettings:
 
 @dataclass(slots=True)
 class _InFlight:
-    packet_id: int  # 0 for QoS 0
     sent: float  # time.monotonic() when written
     outbox_id: int | None  # set when the message came from the outbox
     message: OutMessage | None  # set when it came from the queue
@@ -331,7 +330,7 @@ class Publisher:
         ) -> None:
             packet_id = publish(topic, payload, qos, retain)
             # QoS 0 needs no acknowledgement: written is done.
-            entry = _InFlight(packet_id, now, outbox_id, message, packet_id == 0)
+            entry = _InFlight(now, outbox_id, message, packet_id == 0)
             if packet_id:
                 by_packet_id[packet_id] = entry
             inflight.append(entry)
