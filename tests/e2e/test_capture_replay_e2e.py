@@ -13,26 +13,11 @@ import pytest
 from amsd.decoder import Decoder
 from amsd.sim.simulate import serve_tcp
 from amsd.tools import parse_capture
+from tests.e2e.amsd_cli import REPO, run_amsd
 
 pytestmark = pytest.mark.e2e
 
 WAIT = 30.0
-REPO = Path(__file__).resolve().parents[2]
-
-
-async def run_amsd(*args: str, timeout: float = WAIT) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "amsd", *args, cwd=REPO,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 @contextlib.asynccontextmanager

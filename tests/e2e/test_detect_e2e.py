@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import pytest
 from amsd.reader import LineSettings, load_line_settings
 from amsd.sim.simulate import SimServer, serve_pty, serve_tcp
 from amsd.tools import detect_line, line_state_path, meter_line_reader
+from tests.e2e.amsd_cli import run_amsd, scripted_line
 from tests.uart_bridge import Framing, Rfc2217UartBridge
 
 pytestmark = [
@@ -31,7 +31,6 @@ pytestmark = [
 ]
 
 WAIT = 30.0
-REPO = Path(__file__).resolve().parents[2]
 SPEED = 20.0  # push cycles / 20: Kamstrup's 10 s become 0.5 s
 PROBE_S = 1.2  # per setting: more than one push cycle plus a frame at the simulated speed
 
@@ -43,21 +42,6 @@ async def simulated(profile: str, **kwargs: Any) -> AsyncIterator[SimServer]:
         yield server
     finally:
         await asyncio.wait_for(server.stop(), WAIT)
-
-
-async def run_amsd(*args: str, timeout: float = WAIT) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "amsd", *args, cwd=REPO,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 # Each profile at its own line setting, then the detect settings no profile uses, with content
@@ -152,15 +136,10 @@ async def test_detect_timeout_message_and_exit_code() -> None:
             await reader.read()
         writer.close()
 
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        code, out, err = await run_amsd("detect", f"socket://127.0.0.1:{port}", "--seconds", "0.4")
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with scripted_line(silent) as address:
+        code, out, err = await run_amsd("detect", address, "--seconds", "0.4")
     assert code == 1
-    assert f"No valid frame found on socket://127.0.0.1:{port}: tried 1 line setting(s) for 0.4 s each" in out
+    assert f"No valid frame found on {address}: tried 1 line setting(s) for 0.4 s each" in out
     assert "no bytes arrived at all" in out
     assert "Traceback" not in err
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -16,11 +14,11 @@ from amsd.decoder import Decoder, Reading
 from amsd.reader import LineReader, LineSettings, auto_candidates
 from amsd.sim.simulate import SimServer, serve_pty, serve_tcp
 from amsd.tools import parse_capture
+from tests.e2e.amsd_cli import run_amsd, scripted_line
 
 pytestmark = pytest.mark.e2e
 
 WAIT = 20.0  # generous: only a failing test waits this long
-REPO = Path(__file__).resolve().parents[2]
 
 
 class Collector:
@@ -166,28 +164,6 @@ async def test_idle_watchdog_with_stopped_meter(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ CLI
-async def run_amsd(*args: str, timeout: float = 30.0) -> tuple[int, str, str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "amsd",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=REPO,
-        env=env,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 @pytest.mark.parametrize(
     ("profile", "expected"),
     [
@@ -217,13 +193,8 @@ async def test_detect_command_nothing_found_gives_hints() -> None:
             await reader.read()  # hold the line open until the client hangs up
         writer.close()
 
-    server = await asyncio.start_server(noise, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        code, out, _err = await run_amsd("detect", f"socket://127.0.0.1:{port}", "--seconds", "0.5")
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with scripted_line(noise) as address:
+        code, out, _err = await run_amsd("detect", address, "--seconds", "0.5")
     assert code == 1
     assert "No valid frame found" in out
     assert "INVERTED" in out
@@ -245,9 +216,7 @@ async def test_capture_command_records_decodable_bytes(tmp_path: Path) -> None:
 
 async def test_capture_command_missing_device_fails(tmp_path: Path) -> None:
     output = tmp_path / "none.bin"
-    code, _out, err = await run_amsd(
-        "capture", str(tmp_path / "absent"), "-o", str(output), "--seconds", "0.3"
-    )
+    code, _out, err = await run_amsd("capture", str(tmp_path / "absent"), "-o", str(output), "--seconds", "0.3")
     assert code == 1
     assert "device not found" in err
     assert "Nothing received" in err
