@@ -102,28 +102,36 @@ def build_dsmr_stream(count: int) -> dict[str, Any]:
     }
 
 
-def build_gcm_dsmr(root: Path) -> dict[str, Any]:
-    """The corpus P1 telegram wrapped in general-glo-ciphering with fresh random keys."""
+def _in_gcm(telegrams: list[bytes], maker: bytes, first_counter: int) -> tuple[dict[str, Any], list[str]]:
+    """The telegrams in general-glo-ciphering (EK + AK, 12-byte tag, rising invocation counter) under
+    fresh random keys: the case fields that say so, and the frames as hex."""
     from amsd.sim.encode import glo_cipher
 
+    ek, ak, title = os.urandom(16), os.urandom(16), maker + os.urandom(5)
+    frames = [
+        glo_cipher(
+            telegram,
+            system_title=title,
+            invocation_counter=first_counter + index,
+            encryption_key=ek,
+            authentication_key=ak,
+            security_control=0x30,
+        ).hex()
+        for index, telegram in enumerate(telegrams)
+    ]
+    fields = {"dsmr_inside": True, "encrypted": True, "key_hex": ek.hex(), "auth_key_hex": ak.hex()}
+    return fields, frames
+
+
+def build_gcm_dsmr(root: Path) -> dict[str, Any]:
+    """The corpus P1 telegram wrapped in general-glo-ciphering with fresh random keys."""
     source = load_case(root, GCM_DSMR_SOURCE)
-    ek, ak, title = os.urandom(16), os.urandom(16), b"SAG" + os.urandom(5)
-    frame = glo_cipher(
-        bytes.fromhex(source["input_hex"]),
-        system_title=title,
-        invocation_counter=0x1234,
-        encryption_key=ek,
-        authentication_key=ak,
-        security_control=0x30,
-    )
+    fields, [frame] = _in_gcm([bytes.fromhex(source["input_hex"])], b"SAG", 0x1234)
     return {
         "id": f"built from {GCM_DSMR_SOURCE}",
         "transport": "dsmr",
-        "dsmr_inside": True,
-        "encrypted": True,
-        "key_hex": ek.hex(),
-        "auth_key_hex": ak.hex(),
-        "input_hex": frame.hex(),
+        **fields,
+        "input_hex": frame,
         "expected": source["expected"],
     }
 
@@ -131,28 +139,12 @@ def build_gcm_dsmr(root: Path) -> dict[str, Any]:
 def build_gcm_dsmr_stream(count: int) -> dict[str, Any]:
     """`count` different simulated DSMR 5 telegrams, each in general-glo-ciphering (EK + AK, rising
     invocation counter) under fresh random keys: a live encrypted P1 line (Luxembourg, Austria)."""
-    from amsd.sim.encode import glo_cipher
-
     plain = build_dsmr_stream(count)
-    ek, ak, title = os.urandom(16), os.urandom(16), b"SIM" + os.urandom(5)
-    frames = [
-        glo_cipher(
-            bytes.fromhex(telegram),
-            system_title=title,
-            invocation_counter=0x1000 + index,
-            encryption_key=ek,
-            authentication_key=ak,
-            security_control=0x30,
-        ).hex()
-        for index, telegram in enumerate(plain["stream_hex"])
-    ]
+    fields, frames = _in_gcm([bytes.fromhex(telegram) for telegram in plain["stream_hex"]], b"SIM", 0x1000)
     return {
         **plain,
         "id": f"{count} simulated dsmr5 telegrams in GCM",
-        "dsmr_inside": True,
-        "encrypted": True,
-        "key_hex": ek.hex(),
-        "auth_key_hex": ak.hex(),
+        **fields,
         "input_hex": frames[0],
         "stream_hex": frames,
     }
