@@ -617,16 +617,16 @@ def test_homeassistant_components_are_valid() -> None:
     from amsd import homeassistant
     from tests.ha_schema import validate_device_discovery
 
-    _topic, payload = homeassistant.discovery(
-        meter_name="house",
-        meter_id="123",
-        manufacturer=None,
-        model=None,
-        keys=["power_import"],
-        topic_prefix="amsd",
-        discovery_prefix="homeassistant",
-        accounting=True,
-    )
+    meter: dict[str, Any] = {
+        "meter_name": "house",
+        "meter_id": "123",
+        "manufacturer": None,
+        "model": None,
+        "keys": ["power_import"],
+        "topic_prefix": "amsd",
+        "discovery_prefix": "homeassistant",
+    }
+    _topic, payload = homeassistant.discovery(**meter, accounting=True)
     body = json.loads(payload)
     assert validate_device_discovery(body) == []
     hour = body["components"]["accounting_hour_import"]
@@ -634,13 +634,5 @@ def test_homeassistant_components_are_valid() -> None:
     assert (hour["device_class"], hour["unit_of_measurement"], hour["state_class"]) == ("energy", "kWh", "total")
     assert hour["last_reset_value_template"] == "{{ value_json.hour.start }}"
     assert body["components"]["accounting_step"]["value_template"] == "{{ value_json.capacity.step }}"
-    _topic, plain = homeassistant.discovery(
-        meter_name="house",
-        meter_id="123",
-        manufacturer=None,
-        model=None,
-        keys=["power_import"],
-        topic_prefix="amsd",
-        discovery_prefix="homeassistant",
-    )
+    _topic, plain = homeassistant.discovery(**meter)
     assert not any(key.startswith("accounting_") for key in json.loads(plain)["components"])
