@@ -19,10 +19,10 @@ messages name the field and never contain the value (`hide_input_in_errors`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
-import pickle
 import re
 import socket
 import sys
@@ -46,6 +46,21 @@ from pydantic import (
 
 from amsd.decoder.keys import KEY_BYTES
 from amsd.decoder.keys import key_from_text as parse_key_text  # one key syntax for config and CLI
+from amsd.runconfig import (
+    AccountingSection,
+    HomeAssistantSettings,
+    LogSettings,
+    MeterSettings,
+    MqttSettings,
+    OutboxSettings,
+    RunConfig,
+    Secret,
+    TlsSettings,
+)
+
+# Defined with the runtime view so that the re-executed `amsd run` has them without importing this module.
+from amsd.runconfig import ConfigError as ConfigError
+from amsd.runconfig import validate_for_run as validate_for_run
 
 ENV_PREFIX: Final = "AMSD_"
 ENV_DELIMITER: Final = "__"
@@ -57,10 +72,6 @@ STANDARD_BAUDRATES: Final = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 576
 _SLUG: Final = re.compile(r"[a-z0-9_-]{1,64}")
 _URL_PORT: Final = re.compile(r"(?P<scheme>socket|rfc2217)://(?P<host>[^\s/:]+|\[[0-9a-fA-F:.]+\]):(?P<port>\d{1,5})")
 _FIELD_PREFIX: Final = re.compile(r"(?P<field>[a-z_]+): (?P<message>.*)", re.DOTALL)
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used. The message is for humans and never contains a secret."""
 
 
 # --- value parsers ------------------------------------------------------------------------------
@@ -169,8 +180,9 @@ def _default_outbox_path() -> Path:
 
 
 class _Section(BaseModel):
-    # defer_build: the validators are built at the first validation, which the re-executed `amsd run`
-    # never does (it takes the validated configuration as is): that saves it about 4 MB.
+    # defer_build: the validators are built at the first validation, so importing this module for
+    # its types or defaults (amsd demo, tests) costs little. The re-executed `amsd run` does not
+    # import it at all: it takes the plain view of amsd.runconfig.
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, validate_default=True, defer_build=True)
 
 
@@ -388,12 +400,12 @@ class AmsdConfig(_Section):
 
     def secret_values(self) -> Iterator[bytes | str]:
         """Every configured secret, for log redaction."""
-        if self.mqtt.password is not None:
-            yield self.mqtt.password.get_secret_value()
-        for meter in self.meters:
-            for key in (meter.encryption_key, meter.authentication_key):
-                if key is not None:
-                    yield key.get_secret_value()
+        return self.for_run().secret_values()
+
+    def for_run(self) -> RunConfig:
+        """The daemon's plain view of this configuration (`amsd.runconfig`): no pydantic needed to use it."""
+        view: RunConfig = _run_view(self)
+        return view
 
     def masked_dict(self) -> dict[str, Any]:
         """The effective configuration as JSON-compatible data, every secret masked."""
@@ -401,10 +413,46 @@ class AmsdConfig(_Section):
         return data
 
 
-def validate_for_run(config: AmsdConfig) -> None:
-    """What `amsd run` needs beyond a well-formed file: at least one meter."""
-    if not config.meters:
-        raise ConfigError("no meters configured: add a [[meters]] table with at least name and port")
+# Each section model and its runtime view. Their fields match by name (tests/test_runconfig.py).
+RUN_VIEWS: Final[Mapping[type[_Section], type[Any]]] = {
+    AmsdConfig: RunConfig,
+    MqttConfig: MqttSettings,
+    TlsConfig: TlsSettings,
+    HomeAssistantConfig: HomeAssistantSettings,
+    OutboxConfig: OutboxSettings,
+    LogConfig: LogSettings,
+    AccountingConfig: AccountingSection,
+    MeterConfig: MeterSettings,
+}
+GIVEN_SUFFIX: Final = "_given"  # a view field `<name>_given`: whether `<name>` was set explicitly
+
+
+def _run_view(model: BaseModel) -> Any:
+    """The runtime view of a section, field by field of the view class (the `*_file` fields of the
+    model have no counterpart: their secrets are already read)."""
+    # The mro walk: load_config returns a pydantic-settings subclass of AmsdConfig.
+    view = next(RUN_VIEWS[cls] for cls in type(model).__mro__ if cls in RUN_VIEWS)
+    model_fields = type(model).model_fields
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(view):
+        name = field.name
+        if name not in model_fields and name.endswith(GIVEN_SUFFIX):
+            values[name] = name.removesuffix(GIVEN_SUFFIX) in model.model_fields_set
+        else:
+            values[name] = _run_value(getattr(model, name))
+    return view(**values)
+
+
+def _run_value(value: object) -> object:
+    if isinstance(value, BaseModel):
+        return _run_view(value)
+    if isinstance(value, SecretStr):
+        return Secret(value.get_secret_value())
+    if isinstance(value, SecretBytes):
+        return Secret(value.get_secret_value())
+    if isinstance(value, list):
+        return tuple(_run_value(item) for item in value)
+    return value
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -528,37 +576,6 @@ def load_config(path: str | Path, *, require_meters: bool = True) -> AmsdConfig:
         # stdlib logging: before configure_logging() it still reaches stderr (logging.lastResort).
         logging.getLogger("amsd.config").warning(exposed)
     from amsd.log import register_secret  # lazy: structlog is only needed once the config is good
-
-    for secret in config.secret_values():
-        register_secret(secret)
-    return config
-
-
-# --- handing a validated configuration to a fresh process image ----------------------------------
-
-
-def handover_bytes(config: AmsdConfig) -> bytes:
-    """The validated configuration for `config_from_handover` in the re-executed `amsd run`.
-
-    A pickle of the plain `AmsdConfig` (not the pydantic-settings class, whose module the new image
-    must not import): no second validation, so the new image never builds the models' validators
-    either (`defer_build`), which is most of pydantic's memory. Secrets from `*_file` keys and
-    systemd credentials travel as values. The bytes hold keys: they go only into an anonymous memory
-    file that the daemon's own previous image created (see `amsd.daemon`)."""
-    plain = AmsdConfig.model_construct(**{name: getattr(config, name) for name in AmsdConfig.model_fields})
-    return pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def config_from_handover(data: bytes) -> AmsdConfig:
-    """Rebuild what `handover_bytes` wrote (trusted: it was validated by this daemon's previous image)
-    and register its secrets for log redaction."""
-    try:
-        config = pickle.loads(data)  # trusted: our own previous process image wrote it
-    except Exception as exc:
-        raise ConfigError(f"configuration handed over is unreadable ({type(exc).__name__})") from None
-    if not isinstance(config, AmsdConfig):
-        raise ConfigError("configuration handed over is not a configuration")
-    from amsd.log import register_secret
 
     for secret in config.secret_values():
         register_secret(secret)

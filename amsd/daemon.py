@@ -16,10 +16,10 @@ from amsd.log import get_logger
 
 if TYPE_CHECKING:
     from amsd.accounting import MeterAccounting
-    from amsd.config import AmsdConfig, MeterConfig
     from amsd.pipeline import MeterPipeline
     from amsd.publish import MessageSink, OutMessage, PublisherSettings
     from amsd.reader import LineReader
+    from amsd.runconfig import MeterSettings, RunConfig
 
 log = get_logger("amsd.daemon")
 
@@ -29,14 +29,17 @@ STOP_TIMEOUT_S = 8.0  # SIGTERM must end the process within 10 s
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from amsd.config import ConfigError, config_from_handover, load_config, validate_for_run
     from amsd.log import configure_logging
+    from amsd.runconfig import ConfigError, config_from_handover, validate_for_run
 
     try:
         if args.config_fd is not None:
+            # The re-executed image: no amsd.config, so no pydantic (see _exec_lean).
             config = config_from_handover(_read_handover(args.config_fd))
         else:
-            config = load_config(args.config)
+            from amsd.config import load_config
+
+            config = load_config(args.config).for_run()
         validate_for_run(config)
     except (ConfigError, OSError) as exc:
         print(f"amsd: config error: {exc}", file=sys.stderr)
@@ -55,7 +58,7 @@ HANDOVER_NAME = "amsd-config"
 
 def _read_handover(fd: int) -> bytes:
     """The configuration from the memory file `_exec_lean` made; any other descriptor is refused."""
-    from amsd.config import ConfigError
+    from amsd.runconfig import ConfigError
 
     try:
         target = os.readlink(f"/proc/self/fd/{fd}")
@@ -67,17 +70,17 @@ def _read_handover(fd: int) -> bytes:
         return handover.read()
 
 
-def _exec_lean(config: AmsdConfig) -> None:
-    """Continue `amsd run` in a fresh process image that never imports pydantic-settings.
+def _exec_lean(config: RunConfig) -> None:
+    """Continue `amsd run` in a fresh process image that never imports pydantic.
 
-    Loading the configuration (pydantic-settings with its sources: about 125 modules, 9 MB resident)
-    is needed once, but its memory would stay for the daemon's lifetime. The validated configuration
-    goes into an anonymous memory file (it holds the keys: never a named file), and the same command
-    line is executed again with `--config-fd`: same PID (systemd's main process, sd_notify), same
-    interpreter and arguments. The new image takes the configuration as validated (no pydantic
-    validators are ever built there), and accepts only such a memory file. `AMSD_NO_REEXEC=1` turns
-    this off (profilers, debuggers)."""
-    from amsd.config import handover_bytes
+    Loading the configuration (pydantic-settings with its sources, about 9 MB resident, and pydantic
+    itself, about 7 MB) is needed once, but its memory would stay for the daemon's lifetime. The
+    validated configuration, as the plain dataclasses of `amsd.runconfig`, goes into an anonymous
+    memory file (it holds the keys: never a named file), and the same command line is executed again
+    with `--config-fd`: same PID (systemd's main process, sd_notify), same interpreter and arguments.
+    The new image takes the configuration as validated, never imports `amsd.config` or pydantic, and
+    accepts only such a memory file. `AMSD_NO_REEXEC=1` turns this off (profilers, debuggers)."""
+    from amsd.runconfig import handover_bytes
 
     if os.environ.get("AMSD_NO_REEXEC") == "1" or not hasattr(os, "memfd_create"):
         return
@@ -94,7 +97,7 @@ def _exec_lean(config: AmsdConfig) -> None:
         print(f"amsd: warning: could not re-execute without the config loader ({exc.strerror})", file=sys.stderr)
 
 
-def publisher_settings(config: AmsdConfig) -> PublisherSettings:
+def publisher_settings(config: RunConfig) -> PublisherSettings:
     from amsd.publish import PublisherSettings
 
     mqtt = config.mqtt
@@ -123,7 +126,7 @@ class Daemon:
 
     def __init__(
         self,
-        config: AmsdConfig,
+        config: RunConfig,
         *,
         publisher: MessageSink | None = None,
         observer: Callable[[OutMessage], None] | None = None,
@@ -179,14 +182,14 @@ class Daemon:
             AccountingSettings(
                 timezone=settings.timezone,
                 peak_hours=settings.peak_hours,
-                thresholds_kwh=tuple(settings.thresholds_kwh),
+                thresholds_kwh=settings.thresholds_kwh,
                 publish_interval_s=settings.publish_interval_s,
             ),
             state_path(directory, meter_name),
             f"{self.config.mqtt.topic_prefix}/{meter_name}/accounting",
         )
 
-    def _reader(self, meter: MeterConfig, pipeline: MeterPipeline) -> LineReader:
+    def _reader(self, meter: MeterSettings, pipeline: MeterPipeline) -> LineReader:
         from amsd.tools import meter_line_reader  # baudrate/parity "auto": detection, memory, re-detection
 
         return meter_line_reader(meter, pipeline, self.config.outbox.path.parent)

@@ -118,6 +118,7 @@ async def _demo(args: argparse.Namespace, host: str, port: int) -> int:
     server = await serve_tcp(args.profile, "127.0.0.1", 0, speed=args.speed, wait_for_client=True)
     state_dir = tempfile.mkdtemp(prefix="amsd-demo-")
     online = broker_reachable(host, port)
+    # Validated like a config file, then the daemon's plain view of it.
     config = AmsdConfig(
         mqtt=MqttConfig(host=host, port=port, topic_prefix=DEMO_PREFIX, client_id=f"amsd-demo-{os.getpid()}"),
         homeassistant=HomeAssistantConfig(enabled=online),
@@ -131,7 +132,7 @@ async def _demo(args: argparse.Namespace, host: str, port: int) -> int:
                 idle_timeout_s=30,
             )
         ],
-    )
+    ).for_run()
     line = PROFILES[args.profile]().line
     print(f"amsd demo: simulated {args.profile} meter ({line}) on {server.address}, {args.speed:g}x speed", file=out)
     if online:

@@ -32,9 +32,9 @@ from amsd.reader import (
 )
 
 if TYPE_CHECKING:
-    from amsd.config import MeterConfig
     from amsd.decoder import Event
     from amsd.pipeline import MeterPipeline
+    from amsd.runconfig import MeterSettings
 
 log = logging.getLogger("amsd.detect")
 
@@ -397,7 +397,7 @@ def line_state_path(state_dir: Path, meter_name: str) -> Path:
     return state_dir / f"line-{meter_name}.json"
 
 
-def meter_line_reader(meter: MeterConfig, pipeline: MeterPipeline, state_dir: Path) -> LineReader:
+def meter_line_reader(meter: MeterSettings, pipeline: MeterPipeline, state_dir: Path) -> LineReader:
     """The daemon's reader for one meter; with `baudrate`/`parity = "auto"` it detects the setting.
 
     Detection probes the candidates with `FrameSniffer` (the meter's keys included, so an encrypted
@@ -407,7 +407,7 @@ def meter_line_reader(meter: MeterConfig, pipeline: MeterPipeline, state_dir: Pa
     """
     baud_auto = meter.baudrate == "auto"
     # `baudrate = "auto"` alone detects the whole framing; an explicit parity pins that half.
-    parity_auto = meter.parity == "auto" or (baud_auto and "parity" not in meter.model_fields_set)
+    parity_auto = meter.parity == "auto" or (baud_auto and not meter.parity_given)
     fixed = LineSettings(
         meter.port,
         2400 if meter.baudrate == "auto" else int(meter.baudrate),

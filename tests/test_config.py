@@ -25,11 +25,10 @@ from amsd.config import (
     OutboxConfig,
     TlsConfig,
     check_config_command,
-    config_from_handover,
-    handover_bytes,
     load_config,
     validate_for_run,
 )
+from amsd.runconfig import config_from_handover, handover_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 # Made-up test keys (not from any meter or corpus).
@@ -534,12 +533,13 @@ port = "/dev/ttyUSB1"
     amsd_log.clear_secrets()
     (tmp_path / "password").unlink()  # the second image must not need the files
     (tmp_path / "ek").unlink()
-    copy = config_from_handover(handover_bytes(config))
+    copy = config_from_handover(handover_bytes(config.for_run()))
 
-    def comparable(c: AmsdConfig) -> dict[str, object]:
-        return c.model_dump(exclude={"mqtt": {"password_file"}, "meters": {"__all__": {"encryption_key_file"}}})
-
-    assert comparable(copy) == comparable(config)
+    assert copy == config.for_run()
+    assert copy.mqtt.host == "broker.lan" and copy.mqtt.protocol == "5" and copy.accounting.enabled
+    assert copy.mqtt.tls is not None and copy.mqtt.tls.ca_file == Path("/etc/ssl/ca.pem")
+    assert [m.name for m in copy.meters] == ["house", "cabin"]
+    assert copy.meters[0].baudrate == "auto" and copy.meters[0].profile == "kamstrup-se"
     assert copy.mqtt.port == 1884 and copy.mqtt.password is not None
     assert copy.mqtt.password.get_secret_value() == PASSWORD
     assert copy.meters[0].encryption_key is not None and copy.meters[0].encryption_key.get_secret_value() == KEY
@@ -584,5 +584,5 @@ def test_reexec_falls_back_when_a_sandbox_refuses_it(
 
     monkeypatch.delenv("AMSD_NO_REEXEC", raising=False)
     monkeypatch.setattr(os, "memfd_create", refuse)
-    daemon._exec_lean(AmsdConfig())  # returns instead of replacing this process
+    daemon._exec_lean(AmsdConfig().for_run())  # returns instead of replacing this process
     assert "could not re-execute" in capsys.readouterr().err

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from amsd.reader import LineSettings, load_line_settings
+from amsd.runconfig import MeterSettings
 from amsd.sim.simulate import SimServer, serve_pty, serve_tcp
 from amsd.tools import detect_line, line_state_path, meter_line_reader
 from tests.e2e.amsd_cli import run_amsd, scripted_line
@@ -183,10 +184,10 @@ class _Pipeline:
         pass
 
 
-def _meter(port: str, **extra: Any) -> Any:
-    from amsd.config import MeterConfig
+def _meter(port: str, **extra: Any) -> MeterSettings:
+    from amsd.config import AmsdConfig, MeterConfig
 
-    return MeterConfig(name="house", port=port, baudrate="auto", **extra)
+    return AmsdConfig(meters=[MeterConfig(name="house", port=port, baudrate="auto", **extra)]).for_run().meters[0]
 
 
 async def _until(pipeline: _Pipeline, condition: Any) -> None:
