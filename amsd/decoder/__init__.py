@@ -310,17 +310,19 @@ class Decoder:
             return not (isinstance(extent, int) and extent is not True and extent - start <= MAX_CIPHERED_WAIT)
         return True
 
-    def _decrypts(self, apdu: bytes) -> bool:
-        """Does this ciphered APDU decrypt with our key (its tag verified, or without a tag its
-        plaintext plausible)? No side effects: `_on_apdu` decrypts it again to decode it."""
-        if apdu[:1] != b"\xdb" or self._encryption_key is None:
-            return False
+    def _open(self, apdu: bytes) -> tuple[cipher.GloHeader, bytes] | None:
+        """The header and plaintext of a ciphered APDU that decrypts with our key (its tag verified,
+        or without a tag its plaintext plausible); None for anything else. No events, no counters."""
+        if self._encryption_key is None:
+            return None
         try:
             header = cipher.parse_header(apdu)
-            cipher.decrypt(apdu, header, self._encryption_key, self._authentication_key, _plausible_plaintext)
+            plaintext = cipher.decrypt(
+                apdu, header, self._encryption_key, self._authentication_key, _plausible_plaintext
+            )
         except cipher.CipherError:
-            return False
-        return True
+            return None
+        return header, plaintext
 
     def _add_noise(self, events: list[Event], start: int, end: int) -> None:
         start = max(start, self._reported_until)
@@ -416,10 +418,16 @@ class Decoder:
         self._emit(events, event)
 
     def _on_bare_apdu(self, events: list[Event], frame: bytes, buf: bytearray, start: int, end: int) -> bool:
-        # A strong frame hidden inside means this "APDU" was line noise that happened to parse, unless
-        # it decrypts with our key: then what looks like a frame inside is ciphertext.
+        # A ciphered APDU that decrypts with our key is a frame, whatever its ciphertext looks like
+        # (decrypted once here, not again to decode it). Otherwise a strong frame hidden inside means
+        # this "APDU" was line noise that happened to parse.
+        if frame[0] == cipher.TAG and (opened := self._open(frame)) is not None:
+            self.counters["frames"] += 1
+            header, plaintext = opened
+            self._on_plaintext(events, header, plaintext, frame, 0)
+            return True
         inner = self._strong_start_within(buf, start + 1, end)
-        if inner is not None and not self._decrypts(frame):
+        if inner is not None:
             self._add_noise(events, start, inner)
             return False
         self.counters["frames"] += 1
@@ -524,11 +532,19 @@ class Decoder:
         except cipher.CipherError as exc:
             events.append(self._undecoded("cipher", exc.code, exc.detail, raw, title, counter))
             return
+        self._on_plaintext(events, header, clear_prefix + plaintext, raw, depth)
+
+    def _on_plaintext(
+        self, events: list[Event], header: cipher.GloHeader, plaintext: bytes, raw: bytes, depth: int
+    ) -> None:
+        """A decrypted APDU: refused if its invocation counter is replayed, else decoded."""
+        title = header.system_title_hex
+        counter = header.invocation_counter
         if self.invocation_counters.check(title, counter) is Verdict.REPLAYED:
             detail = self.invocation_counters.detail(title, counter)
             events.append(self._undecoded("cipher", REPLAYED_COUNTER, detail, raw, title, counter))
             return
-        self._on_apdu(events, clear_prefix + plaintext, raw, "cipher", title, counter, depth + 1)
+        self._on_apdu(events, plaintext, raw, "cipher", title, counter, depth + 1)
 
     # ------------------------------------------------------------------------------------ helpers
     def _emit(self, events: list[Event], event: Reading | UndecodedFrame) -> None:
