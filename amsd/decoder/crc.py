@@ -50,11 +50,12 @@ def x25_ok(data: bytes | bytearray) -> bool:
 #   about halving the length each time.
 # * The two residues combine (CRT) into R = r + c * T, with c chosen so that R has M's parity.
 _TRINOMIAL: Final = (1 << 15) | 0b11
-_fold_plans: dict[int, tuple[tuple[int, int], ...]] = {}
+_fold_plans: dict[int, tuple[tuple[int, int, int], ...]] = {}
 
 
-def _fold_plan(length: int) -> tuple[tuple[int, int], ...]:
-    """(k, 2^j) folds, k = 15 * 2^j, taking a polynomial of under `length` bits below 15 bits.
+def _fold_plan(length: int) -> tuple[tuple[int, int, int], ...]:
+    """(k, 2^j, mask of the k low bits) folds, k = 15 * 2^j, taking a polynomial of under `length`
+    bits below 15 bits.
 
     Each fold picks the k that leaves the shortest bound max(k, length - k + 2^j); bounds rather
     than actual lengths, so one plan serves every message of that length.
@@ -66,7 +67,7 @@ def _fold_plan(length: int) -> tuple[tuple[int, int], ...]:
             for j in range((length - 1).bit_length())
             if 15 << j < length
         )
-        plan.append((15 * step, step))
+        plan.append((15 * step, step, (1 << (15 * step)) - 1))
         length = bound
     return tuple(plan)
 
@@ -81,9 +82,10 @@ def crc16_arc(data: bytes | bytearray | memoryview) -> int:
         if len(_fold_plans) >= 256:  # telegram lengths vary little; stay bounded anyway
             _fold_plans.clear()
         plan = _fold_plans[length] = _fold_plan(length)
-    for shift, step in plan:
+    for shift, step, low_bits in plan:
         high = poly >> shift
-        poly ^= (high << shift) ^ (high << step) ^ high
+        # (masking keeps the low part without building high << shift, a number as long as poly)
+        poly = (poly & low_bits) ^ (high << step) ^ high
     if poly.bit_count() & 1 != parity:
         poly ^= _TRINOMIAL
     return _reverse16(poly)

@@ -150,7 +150,7 @@ def _parse(
     if crc_field:
         if len(crc_field) > 4 or not _CRC_DIGITS.issuperset(crc_field):
             return bad("bad_telegram", "CRC field is not 1-4 hex digits")
-        computed = crc16_arc(memoryview(raw)[start : bang + 1])
+        computed = crc16_arc(raw[start : bang + 1])
         if computed != int(crc_field, 16):
             return bad("crc_mismatch", f"CRC {computed:04X} computed, {crc_field.decode()} sent")
     elif require_crc:
