@@ -287,9 +287,9 @@ def prepare_dsmr_parser(case: dict[str, Any]) -> Prepared:
         # A stream of DSMR 5 telegrams takes its DSMR 5 objects with the same ciphering path.
         gcm_stream = _stream(case)
         spec = (
-            {**telegram_specifications.V5, "general_global_cipher": True}
-            if gcm_stream is not None
-            else telegram_specifications.SAGEMCOM_T210_D_R
+            telegram_specifications.SAGEMCOM_T210_D_R
+            if case.get("sagemcom_spec")
+            else {**telegram_specifications.V5, "general_global_cipher": True}
         )
         parser = TelegramParser(spec, apply_checksum_validation=True)
         frame_hex = case["input_hex"]

@@ -21,7 +21,9 @@ telegram on every run: amsd's parsed-line cache then helps exactly as much as it
 (ids, tariff and slow counters hit; clock, powers, voltages and energies are parsed every time). (The
 first version cycled 64 telegrams, so that after one cycle every line was a cache hit: that overstated
 amsd on this row.)
-Another stream row wraps each of those telegrams in general-glo-ciphering (rising invocation counter,
+The built DSMR-in-GCM frame also runs as a live line: 1,500 telegrams in which the clock, the import
+powers and the two import counters change, each wrapped as above (`DSMR in GCM, live`).
+Another stream row wraps each of the simulated telegrams in general-glo-ciphering (rising invocation counter,
 random keys), as an encrypted P1 line sends them; dsmr-parser takes them with its DSMR 5 objects and
 its general-glo-ciphering path.
 
@@ -66,6 +68,7 @@ GCM_DSMR_SOURCE = "at-sagemcom-t210d-r-p1"
 # Like a live line: different telegrams one after the other (built by amsd's simulator, not corpus).
 DSMR_STREAM_LABEL = "DSMR 5 stream (simulated)"
 GCM_DSMR_STREAM_LABEL = "DSMR 5 in GCM stream (simulated)"
+GCM_SAGEMCOM_STREAM_LABEL = "DSMR in GCM, live (built)"
 # Enough different telegrams that none comes round again while amsd's parsed-line cache still holds
 # its changing lines (the cache is emptied at 4,096 lines, every ~240 telegrams of a DSMR 5 meter):
 # the clock, power, voltage and energy lines are parsed afresh every time, as on a live line.
@@ -138,8 +141,53 @@ def build_gcm_dsmr(root: Path) -> dict[str, Any]:
         "id": f"built from {GCM_DSMR_SOURCE}",
         "transport": "dsmr",
         **fields,
+        "sagemcom_spec": True,
         "input_hex": frame,
         "expected": source["expected"],
+    }
+
+
+def build_gcm_sagemcom_stream(root: Path, count: int) -> dict[str, Any]:
+    """The built DSMR-in-GCM frame as a live line sends it: `count` telegrams 5 s apart, in which the
+    clock, active and reactive import power and the two active import counters change (the other 15
+    lines repeat, as on a meter without export), each with its own CRC, wrapped in general-glo-
+    ciphering with a rising invocation counter. Made at run time from the corpus telegram."""
+    import random
+    from datetime import datetime, timedelta
+
+    from amsd.sim.encode import dsmr_telegram
+
+    source = load_case(root, GCM_DSMR_SOURCE)
+    text = bytes.fromhex(source["input_hex"]).decode("latin-1")
+    ident, _, body = text[1:].partition("\r\n")
+    lines = [line for line in body.split("\r\n") if line and not line.startswith("!")]
+    obis = [line.partition("(")[0] for line in lines]
+    value = {key: line.partition("(")[2] for key, line in zip(obis, lines, strict=True)}
+    clock = datetime.strptime(value["0-0:1.0.0"][:12], "%y%m%d%H%M%S")
+    total, tariff = int(value["1-0:1.8.0"][:9]), int(value["1-0:1.8.1"][:9])
+    rng = random.Random(8)
+    telegrams = []
+    for index in range(count):
+        watts, vars_ = rng.randrange(150, 4000), rng.randrange(0, 600)
+        energy = round(watts * 5 / 3600)  # Wh in 5 s
+        total, tariff = total + energy, tariff + energy
+        value["0-0:1.0.0"] = f"{(clock + timedelta(seconds=5 * index)):%y%m%d%H%M%S}S)"
+        value["1-0:1.7.0"] = f"{watts:09d}*W)"
+        value["1-0:4.7.0"] = f"{vars_:09d}*var)"
+        value["1-0:1.8.0"] = f"{total:09d}*Wh)"
+        value["1-0:1.8.1"] = f"{tariff:09d}*Wh)"
+        telegrams.append(dsmr_telegram(ident, [f"{key}({value[key]}" for key in obis]))
+    fields, frames = _in_gcm(telegrams, b"SAG", 0x2000)
+    changed = ("0-0:1.0.0.255", "1-0:1.7.0.255", "1-0:4.7.0.255", "1-0:1.8.0.255", "1-0:1.8.1.255")
+    return {
+        "id": f"{count} telegrams built from {GCM_DSMR_SOURCE}",
+        "transport": "dsmr",
+        **fields,
+        "sagemcom_spec": True,
+        "input_hex": frames[0],
+        "stream_hex": frames,
+        # The check decodes the first telegram: the lines that do not change keep the corpus values.
+        "expected": {key: item for key, item in source["expected"].items() if key not in changed},
     }
 
 
@@ -272,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, case_id, extra in FRAMES:
         cases.append((label, {**load_case(root, case_id), **extra}))
     cases.append((GCM_DSMR_LABEL, build_gcm_dsmr(root)))
+    cases.append((GCM_SAGEMCOM_STREAM_LABEL, build_gcm_sagemcom_stream(root, STREAM_TELEGRAMS)))
     cases.append((DSMR_STREAM_LABEL, build_dsmr_stream(STREAM_TELEGRAMS)))
     cases.append((GCM_DSMR_STREAM_LABEL, build_gcm_dsmr_stream(STREAM_TELEGRAMS)))
 
