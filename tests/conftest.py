@@ -17,6 +17,21 @@ from tests.mosquitto import MOSQUITTO, SKIP_REASON, Broker
 
 
 @pytest.fixture
+def clean_config_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No `AMSD_*__*` overrides, systemd credential or state directory from the outside leak into a
+    configuration test; registered secrets are forgotten after it."""
+    from amsd import log as amsd_log
+
+    for name in list(os.environ):
+        if name.upper().startswith("AMSD_") and "__" in name:
+            monkeypatch.delenv(name)
+    for name in ("CREDENTIALS_DIRECTORY", "STATE_DIRECTORY"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+    amsd_log.clear_secrets()
+
+
+@pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
     if MOSQUITTO is None:
         pytest.skip(SKIP_REASON)

@@ -7,7 +7,6 @@ import os
 import pickle
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -40,15 +39,7 @@ PASSWORD = ("p@ss 'w\"o\\r#d'=; $HOME `x` \\n æøå ünï 😀 \t" * 6)[:200]
 assert len(PASSWORD) == 200
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in list(os.environ):
-        if name.upper().startswith("AMSD_") and "__" in name:
-            monkeypatch.delenv(name)
-    for name in ("CREDENTIALS_DIRECTORY", "STATE_DIRECTORY"):
-        monkeypatch.delenv(name, raising=False)
-    yield
-    amsd_log.clear_secrets()
+pytestmark = pytest.mark.usefixtures("clean_config_env")
 
 
 def toml_string(text: str) -> str:

@@ -10,7 +10,6 @@ import os
 import pickle
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +33,7 @@ FILE_FIELDS = {"password_file", "encryption_key_file", "authentication_key_file"
 GIVEN_SUFFIX = "_given"
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in list(os.environ):
-        if name.upper().startswith("AMSD_") and "__" in name:
-            monkeypatch.delenv(name)
-    for name in ("CREDENTIALS_DIRECTORY", "STATE_DIRECTORY"):
-        monkeypatch.delenv(name, raising=False)
-    yield
-    amsd_log.clear_secrets()
+pytestmark = pytest.mark.usefixtures("clean_config_env")
 
 
 def section_models() -> list[type[BaseModel]]:
