@@ -83,7 +83,7 @@ _CACHE_LIMIT: Final = 4096
 _LineEntry: TypeAlias = tuple[str, Value] | None
 _line_caches: dict[int, dict[str, _LineEntry]] = {}
 _obis_cache: dict[str, str | None] = {}
-_MISS: Final = ("", Value(None))
+_MISS: Final[_LineEntry] = ("", Value(None))
 _unhex_cache: dict[str, str] = {}
 
 # Fast-path tables: a unit as it ends a line (`kW)`, `kW)\r`) -> (canonical unit, power of ten), for

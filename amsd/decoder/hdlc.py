@@ -43,7 +43,7 @@ def parse_header(buf: bytes | bytearray, start: int) -> HdlcHeader | bool | None
     """
     match = HEADER.match(buf, start)
     hcs_at = match.end() if match is not None else _hcs_offset_bytewise(buf, start)
-    if hcs_at is None or hcs_at is False:
+    if hcs_at is None or isinstance(hcs_at, bool):
         return hcs_at
     fmt_hi = buf[start + 1]
     length = ((fmt_hi & 0x07) << 8) | buf[start + 2]
@@ -66,10 +66,10 @@ def _hcs_offset_bytewise(buf: bytes | bytearray, start: int) -> int | Literal[Fa
     if buf[start + 1] & 0xF0 != 0xA0 or ((buf[start + 1] & 0x07) << 8) | buf[start + 2] < MIN_LENGTH:
         return False  # (the length check again, so that a short length is refused before waiting)
     control_at = _address_end(buf, start + 3, end)
-    if control_at is None or control_at is False:
+    if control_at is None or isinstance(control_at, bool):
         return control_at
     control_at = _address_end(buf, control_at, end)
-    if control_at is None or control_at is False:
+    if control_at is None or isinstance(control_at, bool):
         return control_at
     return control_at + 1
 

@@ -170,7 +170,7 @@ def probe(buf: bytes | bytearray, start: int, final: bool = False) -> Probe | bo
         return (Kind.HDLC, end, header) if end < len(buf) or (final and end == len(buf)) else None
     if first == mbus.START:
         total = mbus.frame_length(buf, start)
-        if total is None or total is False:
+        if total is None or isinstance(total, bool):
             return total
         assert isinstance(total, int)
         end = start + total
@@ -178,7 +178,7 @@ def probe(buf: bytes | bytearray, start: int, final: bool = False) -> Probe | bo
     if first == 0x2F:  # '/'
         return _dsmr_extent(buf, start, final)
     extent = bare_apdu_extent(buf, start)
-    if extent is None or extent is False:
+    if extent is None or isinstance(extent, bool):
         return extent
     assert isinstance(extent, int)
     if extent - start > MAX_BARE_APDU:
@@ -196,7 +196,7 @@ def _dsmr_extent(buf: bytes | bytearray, start: int, final: bool) -> Probe | boo
         extent = cipher.header_extent(buf, body - 1)  # measures as if the DB tag stood before it
         if extent is None:
             return None if not final else False
-        if extent is False:
+        if isinstance(extent, bool):
             return False
         assert isinstance(extent, int)
         if extent > len(buf):
