@@ -18,7 +18,7 @@ from pydantic import BaseModel, SecretBytes, SecretStr
 
 from amsd import config as config_module
 from amsd import log as amsd_log
-from amsd.config import RUN_VIEWS, AmsdConfig, ConfigError, MeterConfig, OutboxConfig, load_config
+from amsd.config import GIVEN_SUFFIX, RUN_VIEWS, AmsdConfig, ConfigError, MeterConfig, OutboxConfig, load_config
 from amsd.runconfig import MASK, RunConfig, Secret, config_from_handover, handover_bytes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,7 +30,6 @@ PASSWORD = 's3cret pass\'word "with" quotes'
 
 # The secret sources the view leaves out: the secrets they name are already read (amsd/runconfig.py).
 FILE_FIELDS = {"password_file", "encryption_key_file", "authentication_key_file"}
-GIVEN_SUFFIX = "_given"
 
 
 pytestmark = pytest.mark.usefixtures("clean_config_env")
